@@ -1,0 +1,1 @@
+//! The rgfs distributed lock manager (issue 3 delivers the engine, protocol, daemon and client).

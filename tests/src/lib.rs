@@ -1,0 +1,1 @@
+//! Shared helpers for the cross-component integration tests in `tests/tests/`.
