@@ -17,7 +17,7 @@
 use rgfs::format::checksum::disk_hash;
 use rgfs::format::consts::{dif, DIR_MAX_DEPTH, FORMAT_DIRENT};
 use rgfs::format::dinode::RawDinode;
-use rgfs::format::dirent::{self, dirent_size, RawDirent};
+use rgfs::format::dirent::{self, dirent_size, RawDirent, DIRENT_HEADER_SIZE};
 use rgfs::format::leaf::RawLeaf;
 use rgfs::format::meta::{init_block, payload_of, Inum, META_HEADER_SIZE};
 use rgfs::format::{BlockState, Dinode, Leaf, MetaType, OnDisk, DINODE_SIZE, LEAF_HEADER_SIZE};
@@ -135,16 +135,27 @@ pub fn leaves(vol: &Volume, table: &HashTable) -> Vec<u64> {
     out
 }
 
+/// The used entries of a dirent area, walked by `rec_len` alone: names
+/// with a bad hash are still found (pass 2 repairs them; lookups of system
+/// files must not fail before it runs). Stops where the tiling breaks.
 fn collect(area: &[u8], out: &mut Vec<Entry>) {
-    for d in dirent::dirents(area) {
-        let Ok(d) = d else { break };
-        if d.is_used() {
+    let mut off = 0;
+    while off + DIRENT_HEADER_SIZE <= area.len() {
+        let raw = RawDirent::ref_from_prefix(&area[off..]).expect("40 bytes").0;
+        let rec_len = raw.de_rec_len.get() as usize;
+        let name_len = raw.de_name_len.get() as usize;
+        if rec_len < DIRENT_HEADER_SIZE || rec_len % 8 != 0 || off + rec_len > area.len() {
+            break;
+        }
+        let inum = Inum::from(&raw.de_inum);
+        if !inum.is_zero() && name_len > 0 && DIRENT_HEADER_SIZE + name_len <= rec_len {
             out.push(Entry {
-                name: d.name.to_vec(),
-                inum: d.header.inum,
-                de_type: d.header.de_type,
+                name: area[off + DIRENT_HEADER_SIZE..off + DIRENT_HEADER_SIZE + name_len].to_vec(),
+                inum,
+                de_type: raw.de_type.get(),
             });
         }
+        off += rec_len;
     }
 }
 
