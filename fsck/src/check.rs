@@ -98,6 +98,8 @@ pub struct Fsck<'a> {
     pub links: Vec<Link>,
     pub lost_found: Option<u64>,
     pub next_formal: u64,
+    /// Blocks pass 1 looked at and refused as inodes (reported once).
+    pub rejected: std::collections::HashSet<u64>,
     pub progress: Progress,
 }
 
@@ -152,6 +154,7 @@ fn run(dev: &dyn BlockDevice, opts: &Options, report: &mut Report, progress: Pro
         links: Vec::new(),
         lost_found: None,
         next_formal: 1,
+        rejected: Default::default(),
         progress,
     };
     let result = fs.run_passes();

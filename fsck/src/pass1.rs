@@ -64,6 +64,17 @@ pub fn is_dinode_for(fs: &Fsck, block: u64) -> bool {
 
 /// Checks the dinode at `addr`. Returns whether it is kept as an inode.
 pub fn check_inode(fs: &mut Fsck, addr: u64, unlinked: bool) -> Result<bool> {
+    if fs.rejected.contains(&addr) {
+        return Ok(false);
+    }
+    let kept = check_dinode(fs, addr, unlinked)?;
+    if !kept {
+        fs.rejected.insert(addr);
+    }
+    Ok(kept)
+}
+
+fn check_dinode(fs: &mut Fsck, addr: u64, unlinked: bool) -> Result<bool> {
     let object = format!("inode {addr}");
     let mut block = fs.vol.read(addr)?;
     let raw = *RawDinode::ref_from_prefix(&block).expect("a block holds a dinode").0;

@@ -158,6 +158,32 @@ fn repair_table(fs: &mut Fsck, dir: u64, depth: u16) -> Result<HashTable> {
     let good = |fs: &Fsck, p: u64| p != 0 && fs.map.get(p).is_some_and(|c| c.owner == dir && c.usage == Use::Leaf);
     let mut changed = false;
     let mut new_blocks = 0u64;
+    // A bad pointer inside the aligned run of a good leaf (the leaf's depth
+    // says which run) points back to that leaf: nothing is lost.
+    for i in 0..n {
+        if good(fs, table.ptrs[i]) {
+            continue;
+        }
+        let neighbours = [i.checked_sub(1), (i + 1 < n).then_some(i + 1)];
+        let restore = neighbours.into_iter().flatten().filter(|&j| good(fs, table.ptrs[j])).map(|j| (j, table.ptrs[j])).find(|&(j, p)| {
+            let Ok(buf) = fs.vol.read(p) else { return false };
+            let d = RawLeaf::ref_from_prefix(&buf).expect("leaf").0.lf_depth.get();
+            if d > depth {
+                return false;
+            }
+            // The aligned run the leaf's depth gives it, around the good
+            // neighbour, must include the bad pointer.
+            let len = 1usize << (depth - d);
+            let start = j & !(len - 1);
+            (start..start + len).contains(&i) && table.ptrs[start..start + len].iter().all(|&q| q == p || !good(fs, q))
+        }).map(|(_, p)| p);
+        if let Some(p) = restore {
+            if fs.problem(&obj, format!("hash table pointer {i} is {}, inside the run of leaf {p}: restored", table.ptrs[i]), Fix::Safe) {
+                changed = true;
+            }
+            table.ptrs[i] = p;
+        }
+    }
     let mut i = 0;
     while i < n {
         if good(fs, table.ptrs[i]) {
@@ -466,6 +492,19 @@ fn salvage(fs: &mut Fsck, obj: &str, area: &mut [u8], write: &mut bool) -> Vec<u
         let name_len = h.de_name_len.get() as usize;
         let used = !Inum::from(&h.de_inum).is_zero();
         let tiles = rec_len >= DIRENT_HEADER_SIZE && rec_len % 8 == 0 && off + rec_len <= len && DIRENT_HEADER_SIZE + name_len <= rec_len;
+        let rec_ok = rec_len >= DIRENT_HEADER_SIZE && rec_len % 8 == 0 && off + rec_len <= len;
+        if rec_ok && used && DIRENT_HEADER_SIZE + name_len > rec_len {
+            // Only the name length is impossible: the hash tells the real one.
+            let name = &area[off + DIRENT_HEADER_SIZE..off + rec_len];
+            if let Some(l) = (1..=name.len().min(FNAMESIZE)).find(|&l| disk_hash(&name[..l]) == h.de_hash.get()) {
+                if fs.problem(obj, format!("entry at offset {off} has de_name_len {name_len}, longer than the entry; its hash says {l}"), Fix::Risky) {
+                    *write = true;
+                }
+                let raw = RawDirent::mut_from_prefix(&mut area[off..]).expect("dirent").0;
+                raw.de_name_len = (l as u16).into();
+                continue;
+            }
+        }
         if !tiles {
             let own_ok = used && name_len > 0 && off + dirent_size(name_len) <= len && disk_hash(&area[off + DIRENT_HEADER_SIZE..off + DIRENT_HEADER_SIZE + name_len]) == h.de_hash.get();
             if own_ok {

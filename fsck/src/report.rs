@@ -179,7 +179,8 @@ impl Report {
                 _ => "not fixed",
             }
         };
-        self.push(format!("{}: {object}: {message}: {outcome}", self.pass.name()));
+        let line = self.line(object.to_string(), format!("{message}: {outcome}"));
+        self.push(line);
         repair
     }
 
@@ -187,7 +188,18 @@ impl Report {
     /// done as a consequence of an earlier repair, or an oracle-relevant
     /// fact such as a dirty journal).
     pub fn note(&mut self, object: impl Display, message: impl Display) {
-        self.push(format!("{}: {object}: {message}", self.pass.name()));
+        let line = self.line(object.to_string(), message.to_string());
+        self.push(line);
+    }
+
+    /// "pass: object: message", without repeating an object named like the
+    /// pass ("statfs: statfs: ...").
+    fn line(&self, object: String, message: String) -> String {
+        if object == self.pass.name() {
+            format!("{object}: {message}")
+        } else {
+            format!("{}: {object}: {message}", self.pass.name())
+        }
     }
 
     /// A line shown only with `-v` (and never in snapshots).
