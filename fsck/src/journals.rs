@@ -149,7 +149,8 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
         }
         if s.decreases > 1 {
             let fix = if head.is_clean() { Fix::Safe } else { Fix::Risky };
-            if fs.problem(&object, format!("log sequence numbers go backwards {} times", s.decreases), fix) {
+            fs.report.info(format!("{object}: sequence numbers go down {} times", s.decreases));
+            if fs.problem(&object, "log sequence numbers go backwards besides the one wrap of the log", fix) {
                 rewrite = true;
             }
         }
