@@ -82,6 +82,8 @@ pub struct System {
     pub journals: Vec<(u32, u64)>,
     /// per_node/statfs_change<jid> files.
     pub statfs_changes: Vec<(u32, u64)>,
+    /// per_node/quota_change<jid> files (their data blocks carry QC headers).
+    pub quota_changes: Vec<(u32, u64)>,
 }
 
 pub struct Fsck<'a> {
@@ -98,6 +100,8 @@ pub struct Fsck<'a> {
     pub links: Vec<Link>,
     pub lost_found: Option<u64>,
     pub next_formal: u64,
+    /// Journals that could not be mapped before pass 1 (jid, inode).
+    pub broken_journals: Vec<(u32, u64)>,
     /// Blocks pass 1 looked at and refused as inodes (reported once).
     pub rejected: std::collections::HashSet<u64>,
     pub progress: Progress,
@@ -155,6 +159,7 @@ fn run(dev: &dyn BlockDevice, opts: &Options, report: &mut Report, progress: Pro
         lost_found: None,
         next_formal: 1,
         rejected: Default::default(),
+        broken_journals: Vec::new(),
         progress,
     };
     let result = fs.run_passes();
@@ -194,6 +199,10 @@ impl<'a> Fsck<'a> {
         pass1::run(self)?;
         self.report.set_pass(Pass::Pass1b);
         pass1b::run(self)?;
+        if !self.broken_journals.is_empty() {
+            self.report.set_pass(Pass::Journals);
+            journals::rebuild_broken(self)?;
+        }
         self.report.set_pass(Pass::Pass2);
         pass2::run(self)?;
         self.report.set_pass(Pass::Pass3);

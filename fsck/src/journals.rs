@@ -7,6 +7,7 @@
 //! fsck and mount recover journals identically.
 
 use rgfs::format::consts::{lh, MetaType};
+use zerocopy::FromBytes;
 use rgfs::format::meta::block_type;
 use rgfs::format::{LogHeader, OnDisk};
 use rgfs::journal::head::header_at;
@@ -104,7 +105,9 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
         let map = match JournalMap::load(&fs.vol.geom, addr, fs.vol.dev_blocks, &reader) {
             Ok(m) => m,
             Err(e) => {
-                fs.problem(object, format!("cannot be mapped: {e}"), Fix::None);
+                // Rebuilt after pass 1, once every block's owner is known.
+                fs.report.note(&object, format!("cannot be mapped ({e}); its block tree is checked in pass1 and rebuilt after it"));
+                fs.broken_journals.push((jid, addr));
                 continue;
             }
         };
@@ -161,5 +164,97 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
         let _ = s.headers;
     }
     fs.progress.finish();
+    Ok(())
+}
+
+/// After pass 1 (which removed bad pointers from the journal's tree):
+/// gives every hole of a journal that could not be mapped a new block, and
+/// writes it as a clean, empty log. Its old contents were unreadable.
+pub fn rebuild_broken(fs: &mut Fsck) -> Result<()> {
+    for (jid, addr) in std::mem::take(&mut fs.broken_journals) {
+        let object = format!("journal{jid} (inode {addr})");
+        if !fs.inodes.contains_key(&addr) {
+            fs.problem(&object, "its inode is gone; the journal cannot be rebuilt", Fix::None);
+            continue;
+        }
+        let block = fs.vol.read(addr)?;
+        let d = rgfs::format::dinode::RawDinode::ref_from_prefix(&block).expect("dinode").0;
+        let (size, height) = (d.di_size.get(), d.di_height.get());
+        let bsize = fs.vol.bsize() as u64;
+        let sane = size % bsize == 0 && (rgfs::journal::map::MIN_JOURNAL_BYTES..=rgfs::journal::map::MAX_JOURNAL_BYTES).contains(&size);
+        if !sane || fs.vol.geom.height_for_size(size, false) != Some(height) {
+            fs.problem(&object, format!("size {size} or height {height} is impossible for a journal; cannot rebuild it"), Fix::None);
+            continue;
+        }
+        if !fs.problem(&object, "has holes or bad blocks: holes filled with new blocks, then rewritten as a clean, empty log", Fix::Risky) {
+            continue;
+        }
+        fill_holes(fs, addr, size / bsize, height)?;
+        let reader = (fs.vol.dev, &fs.vol.geom);
+        match JournalMap::load(&fs.vol.geom, addr, fs.vol.dev_blocks, &reader) {
+            Ok(map) => reinitialize(fs, jid, &map, 1)?,
+            Err(e) => fs.report.note(&object, format!("still cannot be mapped: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// Allocates a block for every missing pointer on the path to each of the
+/// first `nblocks` logical blocks of inode `addr`.
+fn fill_holes(fs: &mut Fsck, addr: u64, nblocks: u64, height: u16) -> Result<()> {
+    use rgfs::format::meta::{init_block, pointer_at, set_pointer, META_HEADER_SIZE};
+    use rgfs::format::{BlockState, DINODE_SIZE};
+    use std::collections::HashMap;
+
+    use crate::blockmap::Use;
+    let mut dinode = fs.vol.read(addr)?;
+    let mut cache: HashMap<u64, Vec<u8>> = HashMap::new();
+    let mut added = 0u64;
+    let mut near = addr;
+    for lblock in 0..nblocks {
+        let Some(path) = fs.vol.geom.tree_path(lblock, height) else { break };
+        let mut parent: Option<u64> = None;
+        for (level, &index) in path.levels().iter().enumerate() {
+            let leaf = level + 1 == height as usize;
+            let current = match parent {
+                None => pointer_at(&dinode[DINODE_SIZE..], index as usize),
+                Some(p) => pointer_at(&cache[&p][META_HEADER_SIZE..], index as usize),
+            };
+            let child = if current != 0 {
+                current
+            } else {
+                let map = &fs.map;
+                let Some(b) = fs.vol.alloc(near, BlockState::Used, &|b| map.get(b).is_none()) else {
+                    return crate::volume::fatal("no free block left to rebuild a journal");
+                };
+                fs.map.insert(b, if leaf { Use::Data } else { Use::Indirect }, addr).ok();
+                added += 1;
+                if !leaf {
+                    let mut buf = vec![0u8; fs.vol.bsize()];
+                    init_block(&mut buf, MetaType::Indirect);
+                    cache.insert(b, buf);
+                }
+                match parent {
+                    None => set_pointer(&mut dinode[DINODE_SIZE..], index as usize, b),
+                    Some(p) => set_pointer(&mut cache.get_mut(&p).expect("cached")[META_HEADER_SIZE..], index as usize, b),
+                }
+                b
+            };
+            if leaf {
+                near = child + 1;
+            } else {
+                if let std::collections::hash_map::Entry::Vacant(e) = cache.entry(child) {
+                    e.insert(fs.vol.read(child)?);
+                }
+                parent = Some(child);
+            }
+        }
+    }
+    for (b, buf) in &cache {
+        fs.vol.write(*b, buf)?;
+    }
+    let raw = crate::dir::dinode_mut(&mut dinode);
+    raw.di_blocks = (raw.di_blocks.get() + added).into();
+    fs.vol.write(addr, &dinode)?;
     Ok(())
 }

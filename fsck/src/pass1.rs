@@ -127,6 +127,15 @@ fn check_dinode(fs: &mut Fsck, addr: u64, unlinked: bool) -> Result<bool> {
             }
         }
     }
+    // The allocation goal of an ordinary inode must lie inside the
+    // filesystem (fsck.gfs2 checks the same; system inodes are exempt).
+    let goal = raw.di_goal_meta.get();
+    if flags & dif::SYSTEM == 0 && (goal <= fs.vol.geom.sb_addr() || goal > fs.vol.fs_blocks()) {
+        if fs.problem(&object, format!("di_goal_meta {goal} is outside the filesystem; set to the inode's block"), Fix::Safe) {
+            dirty = true;
+        }
+        dinode_mut(&mut block).di_goal_meta = addr.into();
+    }
     let size = raw.di_size.get();
     let max_stuffed = fs.vol.geom.max_stuffed();
     if exhash {
@@ -257,6 +266,9 @@ fn walk(
             continue;
         }
         if leaf_level && !is_dir {
+            if fs.sys.quota_changes.iter().any(|&(_, q)| q == owner) {
+                check_quota_change_block(fs, owner, p)?;
+            }
             fs.claim(p, Use::Data, owner);
             *counted += 1;
             continue;
@@ -273,7 +285,13 @@ fn walk(
             dir_data.push(p);
             continue;
         }
+        // An indirect block already claimed is not walked again: a tree
+        // whose pointers loop or repeat would otherwise cost inptrs^height.
+        let first_claim = fs.map.get(p).is_none();
         fs.claim(p, Use::Indirect, owner);
+        if !first_claim {
+            continue;
+        }
         let child_changed = walk(fs, owner, &mut child[META_HEADER_SIZE..], level + 1, height, is_dir, counted, dir_data)?;
         if child_changed && fs.vol.writable {
             fs.vol.write(p, &child)?;
@@ -401,4 +419,20 @@ fn claim_ea(fs: &mut Fsck, owner: u64, block: u64, data: &[u64], counted: &mut u
 pub fn inum_of(block: &[u8]) -> Inum {
     let raw = RawDinode::ref_from_prefix(block).expect("dinode").0;
     Inum::from(&raw.di_num)
+}
+
+/// A data block of a quota_change file must carry the QC header; one that
+/// does not is made an empty quota change block (its pending changes are
+/// unreadable anyway; quota values are recounted by quotacheck).
+fn check_quota_change_block(fs: &mut Fsck, owner: u64, block: u64) -> Result<()> {
+    let buf = fs.vol.read(block)?;
+    if block_type(&buf) == Some(MetaType::QuotaChange) {
+        return Ok(());
+    }
+    if fs.problem(format!("inode {owner}"), format!("quota change block {block} has no quota change header: emptied"), Fix::Risky) {
+        let mut fresh = vec![0u8; fs.vol.bsize()];
+        rgfs::format::meta::init_block(&mut fresh, MetaType::QuotaChange);
+        fs.vol.write(block, &fresh)?;
+    }
+    Ok(())
 }

@@ -83,14 +83,25 @@ fn repoint(fs: &mut Fsck, owner: u64, old: u64, new: u64) -> Result<bool> {
     }
     let mut found = false;
     let mut top = block[DINODE_SIZE..].to_vec();
-    if repoint_level(fs, &mut top, 0, height, old, new, &mut found)? {
+    let mut visited = std::collections::HashSet::new();
+    if repoint_level(fs, &mut top, 0, height, old, new, &mut found, &mut visited)? {
         block[DINODE_SIZE..].copy_from_slice(&top);
         fs.vol.write(owner, &block)?;
     }
     Ok(found)
 }
 
-fn repoint_level(fs: &mut Fsck, ptrs: &mut [u8], level: usize, height: u16, old: u64, new: u64, found: &mut bool) -> Result<bool> {
+#[allow(clippy::too_many_arguments)]
+fn repoint_level(
+    fs: &mut Fsck,
+    ptrs: &mut [u8],
+    level: usize,
+    height: u16,
+    old: u64,
+    new: u64,
+    found: &mut bool,
+    visited: &mut std::collections::HashSet<u64>,
+) -> Result<bool> {
     let mut changed = false;
     for i in 0..ptrs.len() / 8 {
         let p = pointer_at(ptrs, i);
@@ -100,14 +111,14 @@ fn repoint_level(fs: &mut Fsck, ptrs: &mut [u8], level: usize, height: u16, old:
             *found = true;
             continue;
         }
-        if p == 0 || level + 1 >= height as usize || !fs.vol.is_data_block(p) {
+        if p == 0 || level + 1 >= height as usize || !fs.vol.is_data_block(p) || fs.map.get(p).is_none_or(|c| c.usage != Use::Indirect) || !visited.insert(p) {
             continue;
         }
         let mut child = fs.vol.read(p)?;
         if payload_of(&child, MetaType::Indirect).is_err() {
             continue;
         }
-        if repoint_level(fs, &mut child[META_HEADER_SIZE..], level + 1, height, old, new, found)? {
+        if repoint_level(fs, &mut child[META_HEADER_SIZE..], level + 1, height, old, new, found, visited)? {
             fs.vol.write(p, &child)?;
         }
         if *found {

@@ -74,10 +74,13 @@ fn entry_object(dir: u64, name: &[u8]) -> String {
 fn check_dir(fs: &mut Fsck, dir: u64) -> Result<()> {
     let block = fs.vol.read(dir)?;
     let raw = *rgfs::format::dinode::RawDinode::ref_from_prefix(&block).expect("dinode").0;
-    let exhash = raw.di_flags.get() & rgfs::format::consts::dif::EXHASH != 0;
+    let _ = raw;
+    // Pass 1 read (and sized) the hash table of every exhash directory it
+    // kept; the depth follows from it, not from a possibly bad di_depth.
+    let exhash = fs.tables.get(&dir).map(|t| t.ptrs.len());
     let mut state = DirState::default();
-    if exhash {
-        let depth = raw.di_depth.get();
+    if let Some(nptrs) = exhash {
+        let depth = nptrs.max(1).trailing_zeros() as u16;
         let table = repair_table(fs, dir, depth)?;
         // Each chain head with the table indices that point to it.
         let mut heads: Vec<(u64, usize, usize)> = Vec::new();

@@ -46,13 +46,17 @@ pub fn locate(fs: &mut Fsck) -> Result<()> {
     if let Some(per_node) = fs.sys.per_node {
         if let Ok(list) = dir::entries(&fs.vol, per_node) {
             for e in list {
-                let Some(jid) = std::str::from_utf8(&e.name).ok().and_then(|n| n.strip_prefix("statfs_change")).and_then(|n| n.parse::<u32>().ok()) else {
-                    continue;
-                };
-                fs.sys.statfs_changes.push((jid, e.inum.addr));
+                let name = std::str::from_utf8(&e.name).unwrap_or("");
+                let jid = |prefix: &str| name.strip_prefix(prefix).and_then(|n| n.parse::<u32>().ok());
+                if let Some(j) = jid("statfs_change") {
+                    fs.sys.statfs_changes.push((j, e.inum.addr));
+                } else if let Some(j) = jid("quota_change") {
+                    fs.sys.quota_changes.push((j, e.inum.addr));
+                }
             }
         }
         fs.sys.statfs_changes.sort();
+        fs.sys.quota_changes.sort();
     }
     Ok(())
 }
