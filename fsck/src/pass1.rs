@@ -360,27 +360,42 @@ fn check_xattrs(fs: &mut Fsck, owner: u64, eattr: u64, indirect: bool, counted: 
     if let Err(e) = payload_of(&ind, MetaType::Indirect) {
         return Ok(!fs.problem(&object, format!("xattr indirect block {eattr}: {e}: xattrs removed"), Fix::Risky));
     }
-    fs.claim(eattr, Use::EaIndirect, owner);
-    *counted += 1;
-    let mut changed = false;
+    // The list of EA blocks ends at the first zero pointer (the kernel
+    // stops there); a bad pointer is taken out and the rest moved up.
     let n = (ind.len() - META_HEADER_SIZE) / 8;
+    let mut kept: Vec<(u64, Vec<u64>)> = Vec::new();
+    let mut changed = false;
     for i in 0..n {
         let p = pointer_at(&ind[META_HEADER_SIZE..], i);
         if p == 0 {
-            continue;
+            break;
         }
         let verdict = if fs.vol.is_data_block(p) { ea_block_ok(fs, p) } else { Err("outside the filesystem".to_string()) };
         match verdict {
-            Ok(data) => claim_ea(fs, owner, p, &data, counted),
+            Ok(data) => kept.push((p, data)),
             Err(why) => {
                 if fs.problem(&object, format!("xattr block {p} (pointer {i} of indirect block {eattr}): {why}: its xattrs removed"), Fix::Risky) {
-                    set_pointer(&mut ind[META_HEADER_SIZE..], i, 0);
                     changed = true;
+                } else {
+                    // Not repaired: count it as the inode's, as it stands.
+                    kept.push((p, Vec::new()));
                 }
             }
         }
     }
+    if kept.is_empty() && changed {
+        return Ok(false);
+    }
+    fs.claim(eattr, Use::EaIndirect, owner);
+    *counted += 1;
+    for (p, data) in &kept {
+        claim_ea(fs, owner, *p, data, counted);
+    }
     if changed && fs.vol.writable {
+        ind[META_HEADER_SIZE..].fill(0);
+        for (i, (p, _)) in kept.iter().enumerate() {
+            set_pointer(&mut ind[META_HEADER_SIZE..], i, *p);
+        }
         fs.vol.write(eattr, &ind)?;
     }
     Ok(true)
