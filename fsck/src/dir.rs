@@ -79,7 +79,7 @@ pub fn read_hash_table(vol: &Volume, block: &[u8]) -> Result<HashTable> {
         let jb = vol.geom.jbsize as u64;
         let n = size.div_ceil(jb);
         let reader = (vol.dev, &vol.geom);
-        let list = data_blocks(&vol.geom, block, n, vol.fs_blocks(), &reader)
+        let list = data_blocks(&vol.geom, block, n, vol.block_limit(), &reader)
             .map_err(|e| crate::volume::FsckError::Fatal(e.to_string()))?;
         for (i, b) in list.into_iter().enumerate() {
             let Some(b) = b else {

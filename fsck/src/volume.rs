@@ -132,9 +132,24 @@ impl<'a> Volume<'a> {
     }
 
     /// Whether `block` is a data block of some group (anything an inode may
-    /// point to: not a header, bitmap, superblock or gap).
+    /// point to: not a header, bitmap, superblock or gap). Before the
+    /// groups are loaded (reading the master directory to find the rindex),
+    /// any block after the superblock and inside the device.
     pub fn is_data_block(&self, block: u64) -> bool {
+        if self.rgrps.is_empty() {
+            return block > self.geom.sb_addr() && block < self.dev_blocks;
+        }
         self.rgrp_of(block).is_some()
+    }
+
+    /// The bound for block pointers: the end of the last group, or of the
+    /// device before the groups are loaded.
+    pub fn block_limit(&self) -> u64 {
+        if self.rgrps.is_empty() {
+            self.dev_blocks
+        } else {
+            self.fs_blocks()
+        }
     }
 
     /// The bitmap state of a data block.
