@@ -19,6 +19,7 @@ mod support;
 
 use std::path::Path;
 
+use rgfs_block::{Access, FileDevice, MemDevice};
 use rgfs_fsck::{ExitCode, Mode};
 use support::*;
 
@@ -52,31 +53,35 @@ fn load_cases() -> Vec<(std::path::PathBuf, Case)> {
 /// Runs one case; returns the actual `-y` section and a list of failures.
 fn run_case(case: &Case) -> (String, Vec<String>) {
     let mut failures = Vec::new();
-    let img = case_path(&case.name);
-    write_sparse(&img, base_image());
+    // fsck.rgfs works on the image in memory; files are written for
+    // fsck.gfs2 only.
+    let dev = MemDevice::from_bytes(base_image().clone());
     for c in &case.commands {
-        corrupt(&img, c);
+        corrupt(&dev, c);
     }
-    let corrupted = std::fs::read(&img).unwrap();
+    let corrupted = dev.snapshot();
     let gfs2_copy = case_path(&format!("{}-gfs2", case.name));
     write_sparse(&gfs2_copy, &corrupted);
 
-    let before = fsck_rgfs(&img, Mode::No);
+    let before = fsck_dev(&dev, Mode::No);
     if before.exit != ExitCode::Uncorrected {
         failures.push(format!("fsck.rgfs -n before repair exited {:?}, expected 4:\n{}", before.exit, before.report));
     }
-    if std::fs::read(&img).unwrap() != corrupted {
+    if dev.snapshot() != corrupted {
         failures.push("fsck.rgfs -n changed the image".into());
     }
-    let repair = fsck_rgfs(&img, Mode::Yes);
+    drop(corrupted);
+    let repair = fsck_dev(&dev, Mode::Yes);
     let actual = format!("{SEPARATOR} (exit {})\n{}", repair.exit as i32, repair.report);
     if repair.exit != ExitCode::Corrected {
         failures.push(format!("fsck.rgfs -y exited {:?}, expected 1", repair.exit));
     }
-    let after = fsck_rgfs(&img, Mode::No);
+    let after = fsck_dev(&dev, Mode::No);
     if after.exit != ExitCode::Clean {
         failures.push(format!("second fsck.rgfs -n exited {:?}:\n{}", after.exit, after.report));
     }
+    let img = case_path(&case.name);
+    write_sparse(&img, &dev.snapshot());
     let (code, out) = fsck_gfs2(&img, "-n");
     if code != 0 {
         let what = if code >= 128 { "crashed (oracle failed)" } else { "complains" };
@@ -87,8 +92,8 @@ fn run_case(case: &Case) -> (String, Vec<String>) {
     if gcode < 128 {
         let (recheck, _) = fsck_gfs2(&gfs2_copy, "-n");
         if recheck == 0 {
-            let ours = survivors(&img);
-            let theirs = survivors(&gfs2_copy);
+            let ours = survivors(&dev);
+            let theirs = survivors(&FileDevice::open(&gfs2_copy, Access::ReadOnly).unwrap());
             let lost: Vec<_> = theirs.iter().filter(|(a, v)| ours.get(a) != Some(v)).collect();
             if !lost.is_empty() {
                 failures.push(format!("fsck.gfs2 -y keeps inodes that fsck.rgfs -y lost or changed: {lost:?}"));

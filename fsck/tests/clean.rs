@@ -109,14 +109,14 @@ fn preen_makes_only_safe_repairs() {
     // A count is safe to fix: preen fixes it.
     let path = case_path("preen-safe");
     write_sparse(&path, base_image());
-    corrupt(&path, "rgrp 2 rg_free 1234 +crc");
+    corrupt_file(&path, "rgrp 2 rg_free 1234 +crc");
     let run = fsck_rgfs(&path, Mode::Preen);
     assert_eq!(run.exit, ExitCode::Corrected, "{}", run.report);
     assert_eq!(fsck_rgfs(&path, Mode::No).exit, ExitCode::Clean);
     // Removing an entry is not: preen leaves it, fixes the rest, exits 4.
     write_sparse(&path, base_image());
-    corrupt(&path, "dirent /a/b/c deep.txt target 40000");
-    corrupt(&path, "statfs free 12");
+    corrupt_file(&path, "dirent /a/b/c deep.txt target 40000");
+    corrupt_file(&path, "statfs free 12");
     let run = fsck_rgfs(&path, Mode::Preen);
     assert_eq!(run.exit, ExitCode::Uncorrected, "{}", run.report);
     assert!(run.report.contains("entry removed: not fixed"), "{}", run.report);
@@ -147,7 +147,7 @@ fn binary_exit_codes() {
         let out = Command::new(bin).args(["-n", img.to_str().unwrap()]).output().unwrap();
         assert_eq!(out.status.code(), Some(0));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "fsck.rgfs: 0 problems found, 0 fixed, 0 left\n");
-        corrupt(&img, "inode /h1 di_nlink 7");
+        corrupt_file(&img, "inode /h1 di_nlink 7");
         assert_eq!(code(&["-n", img.to_str().unwrap()]), 4);
         assert_eq!(code(&["-y", img.to_str().unwrap()]), 1);
         assert_eq!(code(&["-p", img.to_str().unwrap()]), 0);

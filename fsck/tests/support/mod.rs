@@ -94,8 +94,18 @@ pub struct Run {
 pub fn fsck_rgfs(path: &Path, mode: Mode) -> Run {
     let access = if mode.writes() { Access::ReadWrite } else { Access::ReadOnly };
     let dev = FileDevice::open(path, access).expect("open image");
-    let out = check(&dev, &Options::new(mode), None);
+    fsck_dev(&dev, mode)
+}
+
+pub fn fsck_dev(dev: &dyn BlockDevice, mode: Mode) -> Run {
+    let out = check(dev, &Options::new(mode), None);
     Run { exit: out.exit, report: out.report }
+}
+
+/// Applies catalog commands to an image file.
+pub fn corrupt_file(path: &Path, command: &str) {
+    let dev = FileDevice::open(path, Access::ReadWrite).expect("open image");
+    corrupt(&dev, command);
 }
 
 /// fsck.gfs2 with one flag; returns (exit code, output). Exit codes of 128
@@ -113,22 +123,22 @@ pub fn fsck_gfs2(path: &Path, flag: &str) -> (i32, String) {
 // ---------------------------------------------------------------------
 // Opening an image to look around or corrupt it.
 
-pub struct Image {
-    pub dev: FileDevice,
+pub struct Image<'d> {
+    pub dev: &'d dyn BlockDevice,
 }
 
-impl Image {
-    pub fn open(path: &Path) -> Image {
-        Image { dev: FileDevice::open(path, Access::ReadWrite).expect("open image") }
+impl<'d> Image<'d> {
+    pub fn new(dev: &'d dyn BlockDevice) -> Image<'d> {
+        Image { dev }
     }
 
     /// A volume with its resource groups loaded (trusting the rindex).
-    pub fn volume(&self) -> Volume<'_> {
+    pub fn volume(&self) -> Volume<'d> {
         let mut sb_buf = vec![0u8; 4096];
         self.dev.read_at(SB_OFFSET_BYTES, &mut sb_buf).unwrap();
         let bsize = rgfs::format::superblock::RawSuperblock::ref_from_prefix(&sb_buf).unwrap().0.sb_bsize.get();
         let geom = rgfs::format::Geometry::new(bsize).unwrap_or_else(|_| rgfs::format::Geometry::new(4096).unwrap());
-        let mut vol = Volume::new(&self.dev, geom, true);
+        let mut vol = Volume::new(self.dev, geom, true);
         let ris = self.rindex_entries(&vol);
         rgfs_fsck::volume::load_rgrps_trusting(&mut vol, &ris).expect("load rgrps");
         vol
@@ -213,13 +223,13 @@ fn parse_value(s: &str) -> u64 {
     }
 }
 
-fn read(dev: &FileDevice, bsize: usize, block: u64) -> Vec<u8> {
+fn read(dev: &dyn BlockDevice, bsize: usize, block: u64) -> Vec<u8> {
     let mut buf = vec![0u8; bsize];
     dev.read_at(block * bsize as u64, &mut buf).unwrap();
     buf
 }
 
-fn write(dev: &FileDevice, bsize: usize, block: u64, buf: &[u8]) {
+fn write(dev: &dyn BlockDevice, bsize: usize, block: u64, buf: &[u8]) {
     dev.write_at(block * bsize as u64, buf).unwrap();
 }
 
@@ -251,11 +261,10 @@ fn find_dirent(vol: &Volume, dir_addr: u64, name: &[u8]) -> (u64, usize, usize) 
 
 /// Applies one corruption command of the catalog language to an image.
 /// See `tests/catalog/README.md` for the commands.
-pub fn corrupt(path: &Path, command: &str) {
-    let img = Image::open(path);
+pub fn corrupt(dev: &dyn BlockDevice, command: &str) {
+    let img = Image::new(dev);
     let vol = img.volume();
     let bsize = vol.bsize();
-    let dev = &img.dev;
     let w: Vec<&str> = command.split_whitespace().collect();
     match w.as_slice() {
         ["sb", f, v] => {
@@ -529,13 +538,13 @@ pub fn block_spec(img: &Image, vol: &Volume, spec: &str) -> u64 {
 
 /// Every inode reachable from the root with a fingerprint of its content:
 /// inode block → (file type, CRC-32 of the content or target, size).
-pub fn survivors(path: &Path) -> BTreeMap<u64, (u32, u32, u64)> {
-    let img = Image::open(path);
+pub fn survivors(dev: &dyn BlockDevice) -> BTreeMap<u64, (u32, u32, u64)> {
+    let img = Image::new(dev);
     let mut out = BTreeMap::new();
     let mut buf = vec![0u8; 4096];
     img.dev.read_at(SB_OFFSET_BYTES, &mut buf).unwrap();
     if rgfs::format::Superblock::decode(&buf).is_err() {
-        eprintln!("{}: no valid superblock: no survivors", path.display());
+        eprintln!("no valid superblock: no survivors");
         return out;
     }
     let vol = img.volume();
