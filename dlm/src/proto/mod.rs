@@ -1,3 +1,11 @@
-//! Generated protobuf messages and gRPC stubs of `dlm/proto/dlm.proto`.
-#![allow(missing_docs, clippy::all)]
-tonic::include_proto!("rgfs.dlm.v1");
+//! The protocol: prost messages and tonic stubs generated from `dlm/proto/dlm.proto`,
+//! plus conversions between wire and engine types.
+
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+mod generated {
+    tonic::include_proto!("rgfs.dlm.v1");
+}
+mod convert;
+
+pub use convert::*;
+pub use generated::*;
