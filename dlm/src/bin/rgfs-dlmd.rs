@@ -19,8 +19,9 @@ struct Args {
     /// This node's id; by default the node whose name is the host name.
     #[arg(long)]
     node_id: Option<u32>,
-    /// Worker threads (1 = single-threaded runtime; 0 = one per core).
-    #[arg(long, default_value_t = 0)]
+    /// Worker threads: 1 = a single-threaded runtime (the default: lowest latency,
+    /// measured in docs/BENCHMARKS.md); 0 = one per core; N = N workers.
+    #[arg(long, default_value_t = 1)]
     threads: usize,
 }
 
