@@ -278,7 +278,9 @@ impl Model {
                 let fits_now = |m: Mode| {
                     flags.contains(Flags::EXPEDITE)
                         || (self.fits(res, m, id)
-                            && (flags.contains(Flags::NOORDER) || self.locks.iter().all(|l| l.res != res || l.q == Q::G)))
+                            && (flags.contains(Flags::NOORDER)
+                                || self.locks.iter().all(|l| l.res != res || l.q == Q::G)
+                                || (flags.contains(Flags::HEADQUE) && self.locks.iter().all(|l| l.res != res || l.q != Q::C))))
                 };
                 let choice = if fits_now(mode) {
                     Some((mode, false))
@@ -430,7 +432,7 @@ impl Model {
     fn convert_now(&mut self, i: usize) -> bool {
         let l = &self.locks[i];
         let res = l.res;
-        if l.flags.contains(Flags::QUECVT) && !self.on(res, Q::C).is_empty() {
+        if l.flags.contains(Flags::QUECVT) && !l.flags.contains(Flags::HEADQUE) && !self.on(res, Q::C).is_empty() {
             return false;
         }
         let id = l.id;
@@ -574,7 +576,11 @@ fn op_strategy() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 768, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(4096),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn engine_matches_model(ops in proptest::collection::vec(op_strategy(), 1..80)) {

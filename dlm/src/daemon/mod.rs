@@ -13,6 +13,7 @@
 mod lockspace;
 mod peer;
 mod query;
+mod responder;
 mod service;
 mod session;
 

@@ -19,12 +19,11 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::Stream;
 use tonic::Streaming;
 
+use super::responder::{poll_answer, Responder, BATCH_MAX};
 use super::Daemon;
 use crate::cluster::auth::{nonce, Role};
 use crate::proto::{self as pb, dlm_client::DlmClient};
 
-const BATCH_MAX: usize = 1024;
-const MESSAGES_PER_POLL: usize = 64;
 const RECONNECT_MAX_MS: u64 = 1000;
 const CONNECT_TIMEOUT_MS: u64 = 2000;
 
@@ -109,55 +108,60 @@ impl PeerInbound {
     }
 }
 
+impl Responder for PeerInbound {
+    type Inbound = pb::PeerMessage;
+    type Outbound = pb::PeerMessage;
+
+    fn poll_inbound(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<pb::PeerMessage, tonic::Status>>> {
+        Pin::new(&mut self.inbound).poll_next(cx)
+    }
+
+    fn handle(&mut self, message: pb::PeerMessage) {
+        PeerInbound::handle(self, message);
+    }
+
+    fn drain_events(&mut self, cx: &mut Context<'_>) -> usize {
+        if let Some((_, rx, _)) = &mut self.node {
+            while self.events.len() < BATCH_MAX {
+                match rx.poll_recv(cx) {
+                    Poll::Ready(Some(event)) => self.events.push(event),
+                    _ => break,
+                }
+            }
+        }
+        self.events.len()
+    }
+
+    fn next_single(&mut self) -> Option<pb::PeerMessage> {
+        self.outbox.pop_front()
+    }
+
+    fn take_batch(&mut self) -> Option<pb::PeerMessage> {
+        if self.events.is_empty() {
+            return None;
+        }
+        let events = std::mem::take(&mut self.events);
+        let batch = pb::PeerBatch { epoch: self.daemon.membership.epoch, ops: vec![], events };
+        Some(peer_message(pb::peer_message::Kind::Batch(batch)))
+    }
+
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    fn finish(&mut self, why: Option<tonic::Status>) {
+        if let Some(status) = why {
+            tracing::debug!(peer = %self.peer, %status, "peer stream error");
+        }
+        self.done = true;
+    }
+}
+
 impl Stream for PeerInbound {
     type Item = Result<pb::PeerMessage, tonic::Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        let mut yielded = false;
-        for _ in 0..MESSAGES_PER_POLL {
-            if let Some(message) = this.outbox.pop_front() {
-                return Poll::Ready(Some(Ok(message)));
-            }
-            if let Some((_, rx, _)) = &mut this.node {
-                while this.events.len() < BATCH_MAX {
-                    match rx.poll_recv(cx) {
-                        Poll::Ready(Some(event)) => this.events.push(event),
-                        _ => break,
-                    }
-                }
-            }
-            if this.done || this.events.len() >= BATCH_MAX {
-                break;
-            }
-            match Pin::new(&mut this.inbound).poll_next(cx) {
-                Poll::Ready(Some(Ok(message))) => this.handle(message),
-                Poll::Ready(Some(Err(status))) => {
-                    tracing::debug!(peer = %this.peer, %status, "peer stream error");
-                    this.done = true;
-                }
-                Poll::Ready(None) => this.done = true,
-                Poll::Pending => {
-                    yielded = true;
-                    break;
-                }
-            }
-        }
-        if let Some(message) = this.outbox.pop_front() {
-            return Poll::Ready(Some(Ok(message)));
-        }
-        if !this.events.is_empty() {
-            let events = std::mem::take(&mut this.events);
-            let batch = pb::PeerBatch { epoch: this.daemon.membership.epoch, ops: vec![], events };
-            return Poll::Ready(Some(Ok(peer_message(pb::peer_message::Kind::Batch(batch)))));
-        }
-        if this.done {
-            return Poll::Ready(None);
-        }
-        if !yielded {
-            cx.waker().wake_by_ref();
-        }
-        Poll::Pending
+        poll_answer(self.get_mut(), cx)
     }
 }
 

@@ -62,7 +62,7 @@ impl ServeHandle {
     }
 }
 
-/// Serves until `shutdown` resolves: the gRPC service on every listener and the
+/// Serves until `shutdown` resolves (or a listener fails): the gRPC service on every listener and the
 /// outgoing peer links.
 pub async fn serve(
     daemon: Arc<Daemon>,
@@ -74,42 +74,33 @@ pub async fn serve(
     let service = DlmServer::new(DlmService { daemon: daemon.clone() })
         .max_decoding_message_size(crate::MESSAGE_MAX_BYTES)
         .max_encoding_message_size(crate::MESSAGE_MAX_BYTES);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
     let tcp_incoming = TcpListenerStream::new(handle.tcp).map(|stream| {
         let stream = stream?;
         stream.set_nodelay(true)?;
         Ok::<_, std::io::Error>(stream)
     });
-    let tcp_server = tonic::transport::Server::builder()
-        .add_service(service.clone())
-        .serve_with_incoming_shutdown(tcp_incoming, stopped(stop_rx.clone()));
+    let tcp_server = tonic::transport::Server::builder().add_service(service.clone()).serve_with_incoming(tcp_incoming);
     let unix_path = handle.unix.as_ref().map(|(_, p)| p.clone());
     let unix_server = async {
         match handle.unix {
             Some((listener, _)) => {
-                tonic::transport::Server::builder()
-                    .add_service(service)
-                    .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx))
-                    .await
+                tonic::transport::Server::builder().add_service(service).serve_with_incoming(UnixListenerStream::new(listener)).await
             }
-            None => Ok(()),
+            None => std::future::pending().await,
         }
     };
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let (tcp_result, unix_result) = tokio::join!(tcp_server, unix_server);
+    // No graceful drain: peer links never end by themselves, so stopping means
+    // dropping every connection; clients see a disconnect (and peers a link loss).
+    let result = tokio::select! {
+        r = tcp_server => r.map_err(|e| format!("serving: {e}")),
+        r = unix_server => r.map_err(|e| format!("serving the unix socket: {e}")),
+        _ = shutdown => Ok(()),
+    };
     for link in links {
         link.abort();
     }
     if let Some(path) = unix_path {
         let _ = std::fs::remove_file(path);
     }
-    tcp_result.map_err(|e| format!("serving: {e}"))?;
-    unix_result.map_err(|e| format!("serving the unix socket: {e}"))?;
-    Ok(())
+    result
 }

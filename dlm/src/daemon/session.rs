@@ -1,8 +1,6 @@
 //! A client session: the server side of one `Dlm.Session` stream.
 //!
-//! The response stream does all the work when polled: it reads what the client sent,
-//! runs it through the lockspace, and answers with whatever events are ready, packed
-//! into one batch. No task per session, no extra hop on the hot path.
+//! The response stream does all the work when polled (see `responder.rs`).
 //!
 //! Invariants:
 //! - Nothing but a Hello with a valid proof is accepted before Welcome.
@@ -22,14 +20,11 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_stream::Stream;
 use tonic::Streaming;
 
+use super::responder::{poll_answer, Responder, BATCH_MAX};
 use super::{query, Daemon, Holder, HolderOp, Lockspace};
 use crate::cluster::auth::{nonce, Role};
 use crate::engine::{Flags, ResourceName};
 use crate::proto::{self as pb, check_lvb, check_mode, check_name, codes, failed_event, op_lock_id, set_event_lock_id, WireError};
-
-/// Most events in one batch; most inbound messages handled in one poll.
-const BATCH_MAX: usize = 1024;
-const MESSAGES_PER_POLL: usize = 64;
 
 struct Joined {
     ls: Arc<Lockspace>,
@@ -268,58 +263,62 @@ impl Joined {
     }
 }
 
+impl Responder for SessionStream {
+    type Inbound = pb::ClientMessage;
+    type Outbound = pb::ServerMessage;
+
+    fn poll_inbound(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<pb::ClientMessage, tonic::Status>>> {
+        Pin::new(&mut self.inbound).poll_next(cx)
+    }
+
+    fn handle(&mut self, message: pb::ClientMessage) {
+        SessionStream::handle(self, message);
+    }
+
+    fn drain_events(&mut self, cx: &mut Context<'_>) -> usize {
+        if let Phase::Joined(joined) = &mut self.phase {
+            while self.events.len() < BATCH_MAX {
+                match joined.events.poll_recv(cx) {
+                    Poll::Ready(Some(event)) => {
+                        joined.observe(&event);
+                        self.events.push(event);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        self.events.len()
+    }
+
+    fn next_single(&mut self) -> Option<pb::ServerMessage> {
+        self.outbox.pop_front()
+    }
+
+    fn take_batch(&mut self) -> Option<pb::ServerMessage> {
+        if self.events.is_empty() {
+            return None;
+        }
+        let events = std::mem::take(&mut self.events);
+        Some(server_message(pb::server_message::Kind::Events(pb::EventBatch { events })))
+    }
+
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    fn finish(&mut self, why: Option<tonic::Status>) {
+        if let Some(status) = why {
+            tracing::debug!(peer = %self.peer, %status, "session stream error");
+        }
+        self.done = true;
+    }
+}
+
 impl Stream for SessionStream {
     type Item = Result<pb::ServerMessage, tonic::Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        let mut yielded = false;
-        for _ in 0..MESSAGES_PER_POLL {
-            if let Some(message) = this.outbox.pop_front() {
-                return Poll::Ready(Some(Ok(message)));
-            }
-            if let Phase::Joined(joined) = &mut this.phase {
-                while this.events.len() < BATCH_MAX {
-                    match joined.events.poll_recv(cx) {
-                        Poll::Ready(Some(event)) => {
-                            joined.observe(&event);
-                            this.events.push(event);
-                        }
-                        _ => break,
-                    }
-                }
-            }
-            if this.done || this.events.len() >= BATCH_MAX {
-                break;
-            }
-            match Pin::new(&mut this.inbound).poll_next(cx) {
-                Poll::Ready(Some(Ok(message))) => this.handle(message),
-                Poll::Ready(Some(Err(status))) => {
-                    tracing::debug!(peer = %this.peer, %status, "session stream error");
-                    this.done = true;
-                }
-                Poll::Ready(None) => this.done = true,
-                Poll::Pending => {
-                    yielded = true;
-                    break;
-                }
-            }
-        }
-        if let Some(message) = this.outbox.pop_front() {
-            return Poll::Ready(Some(Ok(message)));
-        }
-        if !this.events.is_empty() {
-            let events = std::mem::take(&mut this.events);
-            return Poll::Ready(Some(Ok(server_message(pb::server_message::Kind::Events(pb::EventBatch { events })))));
-        }
-        if this.done {
-            return Poll::Ready(None);
-        }
-        if !yielded {
-            // Stopped for fairness with input still waiting: come back soon.
-            cx.waker().wake_by_ref();
-        }
-        Poll::Pending
+        poll_answer(self.get_mut(), cx)
     }
 }
 

@@ -322,10 +322,12 @@ impl Engine {
                 bast_allowed: ModeSet::ALL,
             },
         );
+        // Granted now if it would be first in line: nothing queued, or HEADQUE with no
+        // conversion queued (a request at the head is granted as soon as compatible).
+        let first_in_line = res.converting.is_empty() && (res.waiting.is_empty() || flags.contains(Flags::HEADQUE));
         let grantable = |m: Mode| {
             flags.contains(Flags::EXPEDITE)
-                || (compatible_with_granted(res, locks, m, id)
-                    && (flags.contains(Flags::NOORDER) || (res.converting.is_empty() && res.waiting.is_empty())))
+                || (compatible_with_granted(res, locks, m, id) && (flags.contains(Flags::NOORDER) || first_in_line))
         };
         if let Some((granted, sb)) = choose_mode(mode, flags, grantable) {
             res.granted.push(id);
@@ -662,7 +664,8 @@ fn choose_mode(mode: Mode, flags: Flags, grantable: impl Fn(Mode) -> bool) -> Op
 
 /// Grants a conversion in place if the rules allow it now. `true` if granted.
 fn try_convert_now(res: &mut Resource, locks: &mut HashMap<LockId, Lock>, id: LockId, mode: Mode, flags: Flags, out: &mut Vec<Output>) -> bool {
-    let queue_first = flags.contains(Flags::QUECVT) && !res.converting.is_empty();
+    // QUECVT queues behind existing conversions, unless HEADQUE puts it ahead of them.
+    let queue_first = flags.contains(Flags::QUECVT) && !flags.contains(Flags::HEADQUE) && !res.converting.is_empty();
     if queue_first {
         return false;
     }
