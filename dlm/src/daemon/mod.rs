@@ -51,6 +51,9 @@ pub struct LinkState {
     pub outgoing: bool,
     /// The peer's link to us is up.
     pub incoming: bool,
+    /// Our link to the peer was up and went down: operations for resources it
+    /// masters fail as `unreachable` until it is back (the recovery issue remasters).
+    pub lost: bool,
 }
 
 /// A lock operation of a local client, already checked, on its way to the master.
@@ -236,6 +239,11 @@ impl Daemon {
                     state.deliver_local(local, failed_event(op.kind(), &wire));
                 }
             }
+            return;
+        }
+        if op.kind() != pb::OpKind::OpPurge && self.link_state(holder.master).lost {
+            let wire = WireError::new(codes::UNREACHABLE, format!("master node {} is unreachable", holder.master));
+            state.deliver_local(local, failed_event(op.kind(), &wire));
             return;
         }
         state.counters.forwarded += 1;

@@ -184,14 +184,26 @@ impl Drop for PeerInbound {
 pub async fn run_outgoing(daemon: Arc<Daemon>, node: u32, mut ops: UnboundedReceiver<pb::PeerOp>) {
     let Some(address) = daemon.config.node(node).map(|n| n.address) else { return };
     let mut backoff_ms = 20;
+    // Purges that were waiting when the link went down: sent first on the next link.
+    let mut carried: Vec<pb::PeerOp> = Vec::new();
     loop {
         let mut connected = false;
-        match link_once(&daemon, node, address, &mut ops, &mut connected).await {
+        match link_once(&daemon, node, address, &mut ops, &mut carried, &mut connected).await {
             Ok(()) => return,
             Err(reason) => {
                 if connected {
                     tracing::warn!(node, %reason, "outgoing peer link down");
-                    daemon.set_link(node, |l| l.outgoing = false);
+                    daemon.set_link(node, |l| {
+                        l.outgoing = false;
+                        l.lost = true;
+                    });
+                    // Unsent operations fail with their peers below; unsent purges must
+                    // still reach the master, or it would keep a departed client's locks.
+                    while let Ok(op) = ops.try_recv() {
+                        if matches!(op.op.as_ref().and_then(|o| o.kind.as_ref()), Some(pb::op::Kind::Purge(_))) {
+                            carried.push(op);
+                        }
+                    }
                     daemon.fail_pending_on(node);
                     backoff_ms = 20;
                 } else {
@@ -209,6 +221,7 @@ async fn link_once(
     node: u32,
     address: std::net::SocketAddr,
     ops: &mut UnboundedReceiver<pb::PeerOp>,
+    carried: &mut Vec<pb::PeerOp>,
     connected: &mut bool,
 ) -> Result<(), String> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
@@ -240,8 +253,15 @@ async fn link_once(
         other => return Err(format!("node {node} did not prove the cluster key: {other:?}")),
     }
     *connected = true;
-    daemon.set_link(node, |l| l.outgoing = true);
+    daemon.set_link(node, |l| {
+        l.outgoing = true;
+        l.lost = false;
+    });
     tracing::info!(node, %address, "outgoing peer link up");
+    if !carried.is_empty() {
+        let batch = pb::PeerBatch { epoch, ops: std::mem::take(carried), events: vec![] };
+        tx.send(peer_message(pb::peer_message::Kind::Batch(batch))).map_err(|_| "stream closed")?;
+    }
     loop {
         tokio::select! {
             op = ops.recv() => {

@@ -112,6 +112,13 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Kills the daemon of `node` (SIGKILL).
+    pub fn kill_node(&mut self, node: u32) {
+        let child = &mut self.daemons[node as usize - 1];
+        child.kill().expect("kill daemon");
+        child.wait().expect("reap daemon");
+    }
+
     /// Connection options for a client of `node`.
     pub fn options(&self, node: u32) -> ConnectOptions {
         ConnectOptions::from_config(&self.config, node, &format!("test client of n{node}")).expect("options")

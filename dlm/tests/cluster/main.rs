@@ -327,6 +327,33 @@ async fn bad_input_is_answered_with_errors_and_the_daemon_keeps_serving() {
     }
 }
 
+/// A dead master does not stop the others: its resources fail as `unreachable`
+/// (until the recovery issue remasters them), everything else keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_master_fails_its_operations_and_the_rest_keeps_working() {
+    let mut cluster = Cluster::start();
+    let (ls, _) = cluster.join(1, "dead").await;
+    let name_on = |node: u32| (0..).map(|i| format!("inode {i}").into_bytes()).find(|n| ls.master_of(n) == node).unwrap();
+    let (held, _) = ls.lock(&name_on(3), Mode::EX, Flags::NONE).await.unwrap();
+    cluster.kill_node(3);
+    let mut admin = cluster.admin(1).await;
+    within("node 1 to see the link to node 3 go down", async {
+        while admin.status().await.unwrap().peers.iter().any(|p| p.node_id == 3 && p.outgoing_connected) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let other_on_3 = (0..).map(|i| format!("file {i}").into_bytes()).find(|n| ls.master_of(n) == 3).unwrap();
+    let failed = within("the refusal", ls.lock(&other_on_3, Mode::EX, Flags::NONE)).await;
+    assert!(matches!(failed, Err(ClientError::Op { ref code, .. }) if code == "unreachable"), "{failed:?}");
+    let unlock = within("the unlock refusal", ls.unlock(held, Flags::NONE, None).unwrap()).await;
+    assert!(matches!(unlock, Err(ClientError::Op { ref code, .. }) if code == "unreachable"), "{unlock:?}");
+    for node in [1, 2] {
+        let (_, granted) = within("a lock mastered on a live node", ls.lock(&name_on(node), Mode::EX, Flags::NONE)).await.unwrap();
+        assert_eq!(granted.status, Status::Granted);
+    }
+}
+
 fn ops_message(ops: Vec<pb::Op>) -> pb::ClientMessage {
     pb::ClientMessage { kind: Some(pb::client_message::Kind::Ops(pb::OpBatch { ops })) }
 }
