@@ -4,6 +4,8 @@
 # locally and remotely mastered resources, then Redis and etcd loops on the same
 # machine. Needs: cargo build --release -p rgfs-dlm; apt-get install -y redis-server
 # redis-tools etcd-server python3. Every process it starts is stopped by PID.
+# Environment: PAIRS (default 20000), DLMD_THREADS (rgfs-dlmd --threads, default 1),
+# ONLY_RGFS=1 to skip Redis and etcd.
 set -euo pipefail
 BIN=${BIN:-$(cd "$(dirname "$0")/../.." && pwd)/target/release}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -22,7 +24,7 @@ head -c 32 /dev/urandom > "$WORK/authkey"
   done
 } > "$WORK/dlm.toml"
 for i in 1 2 3; do
-  "$BIN/rgfs-dlmd" --config "$WORK/dlm.toml" --node-id "$i" > "$WORK/n$i.out" 2> "$WORK/n$i.log" &
+  "$BIN/rgfs-dlmd" --config "$WORK/dlm.toml" --node-id "$i" --threads "${DLMD_THREADS:-1}" > "$WORK/n$i.out" 2> "$WORK/n$i.log" &
   PIDS+=($!)
 done
 for i in 1 2 3; do until grep -q ready "$WORK/n$i.out" 2>/dev/null; do sleep 0.1; done; done
@@ -38,6 +40,9 @@ for node in 1 2; do
   done
 done
 
+echo "# rgfs-dlm engine-bench --pairs 1000000"
+"$BIN/rgfs-dlm" engine-bench --pairs 1000000
+[ -n "${ONLY_RGFS:-}" ] && exit 0
 RPORT=$(port)
 redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no > "$WORK/redis.log" 2>&1 &
 PIDS+=($!)

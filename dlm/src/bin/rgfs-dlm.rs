@@ -91,6 +91,14 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         warmup: u64,
     },
+    /// Measure the lock engine alone, in this process (no daemon): lock+unlock pairs
+    /// on `--resources` resources in turn.
+    EngineBench {
+        #[arg(long, default_value_t = 1_000_000)]
+        pairs: u64,
+        #[arg(long, default_value_t = 64)]
+        resources: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -190,6 +198,7 @@ async fn run(cli: Cli) -> Result<u8, String> {
             ls.unlock(lock, Flags::NONE, None).map_err(err)?.await.map_err(err)?;
             println!("released {name}");
         }
+        Command::EngineBench { pairs, resources } => engine_bench(*pairs, *resources)?,
         Command::Bench { lockspace, pairs, inflight, master, mode, warmup } => {
             let options = connect_options(&cli, "rgfs-dlm bench")?;
             bench(&options, lockspace, *pairs, *inflight, *master, parse_mode(mode)?, *warmup).await?;
@@ -321,6 +330,31 @@ async fn bench(options: &ConnectOptions, lockspace: &str, pairs: u64, inflight: 
         pct(&mut lock_ns, 0.99),
         pct(&mut unlock_ns, 0.5),
         pct(&mut unlock_ns, 0.99),
+    );
+    Ok(())
+}
+
+/// Lock+unlock pairs straight into the engine: what one operation costs the master
+/// without any I/O.
+fn engine_bench(pairs: u64, resources: u64) -> Result<(), String> {
+    use rgfs_dlm::engine::{Engine, Input, Limits, LockId, ResourceName};
+    let names: Vec<ResourceName> =
+        (0..resources.max(1)).map(|i| ResourceName::new(format!("resource {i}").as_bytes()).expect("short name")).collect();
+    let mut engine = Engine::new(Limits::default());
+    let mut out = Vec::with_capacity(8);
+    let start = Instant::now();
+    for i in 0..pairs {
+        let lock = LockId { node: 1, lock: i };
+        let name = names[(i % names.len() as u64) as usize];
+        engine.apply(Input::Request { lock, name, mode: Mode::EX, flags: Flags::NONE }, &mut out).map_err(|e| e.to_string())?;
+        engine.apply(Input::Unlock { lock, flags: Flags::NONE, lvb: None }, &mut out).map_err(|e| e.to_string())?;
+        out.clear();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    println!(
+        "engine-bench pairs={pairs} resources={resources} elapsed_s={elapsed:.3} pairs_per_s={:.0} ns_per_op={:.0}",
+        pairs as f64 / elapsed,
+        elapsed * 1e9 / (2.0 * pairs as f64)
     );
     Ok(())
 }
