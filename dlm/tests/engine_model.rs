@@ -210,12 +210,7 @@ impl Model {
         };
         let n = conv.len();
         // reach[a][b]: a waits (transitively) for b. Floyd–Warshall on at most 6 nodes.
-        let mut reach = vec![vec![false; n]; n];
-        for a in 0..n {
-            for b in 0..n {
-                reach[a][b] = a != b && waits(a, b);
-            }
-        }
+        let mut reach: Vec<Vec<bool>> = (0..n).map(|a| (0..n).map(|b| a != b && waits(a, b)).collect()).collect();
         for k in 0..n {
             for a in 0..n {
                 for b in 0..n {

@@ -113,6 +113,9 @@ impl HolderOp {
     }
 }
 
+/// The receiving end of the operations for one remote master, with its node id.
+pub type MasterQueue = (u32, tokio::sync::mpsc::UnboundedReceiver<pb::PeerOp>);
+
 /// The daemon's shared state.
 #[derive(Debug)]
 pub struct Daemon {
@@ -142,7 +145,7 @@ impl Daemon {
         config: Config,
         node_id: u32,
         key: ClusterKey,
-    ) -> Result<(Arc<Daemon>, Vec<(u32, tokio::sync::mpsc::UnboundedReceiver<pb::PeerOp>)>), String> {
+    ) -> Result<(Arc<Daemon>, Vec<MasterQueue>), String> {
         if config.node(node_id).is_none() {
             return Err(format!("node id {node_id} is not in the configuration"));
         }

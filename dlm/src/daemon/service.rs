@@ -66,7 +66,7 @@ impl ServeHandle {
 /// outgoing peer links.
 pub async fn serve(
     daemon: Arc<Daemon>,
-    receivers: Vec<(u32, tokio::sync::mpsc::UnboundedReceiver<pb::PeerOp>)>,
+    receivers: Vec<super::MasterQueue>,
     handle: ServeHandle,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {

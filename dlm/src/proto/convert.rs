@@ -108,7 +108,7 @@ pub fn check_lvb(bytes: &[u8], lvb_len: u32) -> Result<Option<Lvb>, WireError> {
 
 /// Whether `lvb_len` is a valid lockspace LVB length (8, 16, 24 or 32).
 pub fn valid_lvb_len(lvb_len: u32) -> bool {
-    lvb_len % 8 == 0 && (8..=LVB_MAX_BYTES as u32).contains(&lvb_len)
+    lvb_len.is_multiple_of(8) && (8..=LVB_MAX_BYTES as u32).contains(&lvb_len)
 }
 
 fn event(kind: pb::event::Kind) -> pb::Event {

@@ -354,6 +354,36 @@ async fn a_dead_master_fails_its_operations_and_the_rest_keeps_working() {
     }
 }
 
+/// §A.3 Cancel through the library: a waiting request completes with `Cancelled`
+/// and its cancel reports `true`; cancelling a granted lock reports `false`. The
+/// counters of `rgfs-dlm status` show what happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_status_counters() {
+    let cluster = Cluster::start();
+    let (holder, _) = cluster.join(2, "cancel").await;
+    let (waiter, _) = cluster.join(1, "cancel").await;
+    let (lock, _) = holder.lock(b"rename lock", Mode::EX, Flags::NONE).await.unwrap();
+    let pending = waiter.request(b"rename lock", Mode::EX, Flags::NONE).unwrap();
+    let waiting = pending.lock;
+    let cancelled = within("the cancel", waiter.cancel(waiting).unwrap()).await.unwrap();
+    assert!(cancelled);
+    let completion = within("the cancelled request", pending).await.unwrap();
+    assert_eq!((completion.status, completion.mode), (Status::Cancelled, None));
+    assert!(!within("a cancel with nothing to cancel", holder.cancel(lock).unwrap()).await.unwrap());
+
+    let output = tokio::task::spawn_blocking({
+        let mut command = cluster.cli(1);
+        command.arg("status");
+        move || command.output().unwrap()
+    });
+    let output = within("rgfs-dlm status", output).await.unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("lockspace cancel lvb_len 32 sessions 1 held_locks 0"), "{text}");
+    assert!(text.contains("requests 1 ") && text.contains("cancels 1 ") && text.contains("grants 0 "), "{text}");
+    assert!(text.contains("peer node 2 n2") && text.contains("outgoing up"), "{text}");
+}
+
 fn ops_message(ops: Vec<pb::Op>) -> pb::ClientMessage {
     pb::ClientMessage { kind: Some(pb::client_message::Kind::Ops(pb::OpBatch { ops })) }
 }
