@@ -189,10 +189,13 @@ async fn run(cli: Cli) -> Result<u8, String> {
             loop {
                 tokio::select! {
                     _ = &mut deadline => break,
-                    Some(b) = blocking.recv() => {
-                        println!("blocking {name} {}", b.mode);
-                        let _ = std::io::stdout().flush();
-                    }
+                    callback = blocking.recv() => match callback {
+                        Some(b) => {
+                            println!("blocking {name} {}", b.mode);
+                            let _ = std::io::stdout().flush();
+                        }
+                        None => return Err(format!("{name}: lost the session with the daemon while holding the lock")),
+                    },
                 }
             }
             ls.unlock(lock, Flags::NONE, None).map_err(err)?.await.map_err(err)?;

@@ -1,5 +1,8 @@
 //! Request flags (DLM_LKF_*) and completion flags (DLM_SBF_*), with the values of
 //! the Linux DLM so tools and docs can share them (brief §A.4).
+//!
+//! Invariants: `Flags::KNOWN` is exactly the union of `Flags::NAMED` (unit-tested);
+//! any other bit makes the engine refuse the operation as invalid.
 
 use std::fmt;
 use std::ops::BitOr;

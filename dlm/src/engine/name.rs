@@ -1,5 +1,7 @@
 //! Resource names: 1 to 64 arbitrary bytes, stored inline so that creating a lock
 //! or a resource needs no allocation for the name.
+//!
+//! Invariants: `1 <= len <= 64`; bytes past `len` are zero and never compared or hashed.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};

@@ -27,6 +27,16 @@ pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>)
     }
 }
 
+/// A child process killed when dropped, so a failing test leaves nothing behind.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,

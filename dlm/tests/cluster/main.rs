@@ -202,13 +202,16 @@ async fn resources_are_mastered_on_each_daemon() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_client_releases_its_locks_and_waiters_are_granted() {
     let cluster = Cluster::start();
-    let mut child = cluster
-        .cli(2)
-        .args(["lock", "killed", "journal 3", "EX", "--hold-ms", "600000"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = harness::KillOnDrop(
+        cluster
+            .cli(2)
+            .args(["lock", "killed", "journal 3", "EX", "--hold-ms", "600000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut child.0;
     let (line_tx, mut line_rx) = tokio::sync::mpsc::unbounded_channel();
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
