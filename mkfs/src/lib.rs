@@ -142,3 +142,55 @@ pub fn make_filesystem_with_progress(
     write::write(dev, &prepared, progress)?;
     Ok(prepared.summary())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rgfs::format::rgrp::RgrpHeader;
+    use rgfs::format::{LogHeader, OnDisk};
+    use rgfs_block::MemDevice;
+
+    /// What `make_filesystem` writes reads back through the format
+    /// library: the superblock, every group header (with its CRC), and a
+    /// clean head in every journal.
+    #[test]
+    fn written_structures_decode() {
+        let dev = MemDevice::new(128 << 20);
+        let opts = MkfsOptions { journals: 2, block_size: 1024, uuid: Some([9; 16]), ..MkfsOptions::nolock() };
+        let summary = make_filesystem(&dev, &opts).unwrap();
+        let image = dev.snapshot();
+        assert!(dev.flush_count() >= 2);
+        let bsize = 1024usize;
+        let block = |addr: u64| &image[addr as usize * bsize..(addr as usize + 1) * bsize];
+
+        assert!(image[..65536].iter().all(|&b| b == 0));
+        let sb = Superblock::decode(&image[65536..]).unwrap();
+        assert_eq!((sb.bsize, sb.lockproto.as_str(), sb.uuid), (1024, "lock_nolock", [9; 16]));
+        assert_eq!((sb.master_dir, sb.root_dir), (summary.master, summary.root));
+
+        let layout = plan::plan(128 << 20, &opts).unwrap();
+        assert_eq!(summary.rgrps, layout.rgrps.len());
+        for r in &layout.rgrps {
+            let h = RgrpHeader::decode(block(r.ri.addr)).unwrap();
+            h.check_against(&r.ri).unwrap();
+            assert_eq!(h.skip, r.skip_blocks);
+        }
+        for jp in &layout.journals {
+            let first = LogHeader::decode(block(jp.data_start())).unwrap();
+            let last = LogHeader::decode(block(jp.data_start() + jp.data_blocks - 1)).unwrap();
+            assert!(first.is_unmount() && last.is_unmount());
+            assert_eq!((first.blkno, first.jinode), (0, jp.inum.addr));
+            // Sequences rise by one, wrapping once.
+            assert_eq!((first.sequence + jp.data_blocks - 1) % jp.data_blocks, last.sequence);
+        }
+    }
+
+    #[test]
+    fn refusal_writes_nothing() {
+        let dev = MemDevice::from_bytes(vec![0xA5; 4 << 20]);
+        let err = make_filesystem(&dev, &MkfsOptions::nolock()).unwrap_err();
+        assert!(matches!(err, Error::TooSmall(_)), "{err}");
+        assert!(dev.snapshot().iter().all(|&b| b == 0xA5));
+        assert_eq!(dev.flush_count(), 0);
+    }
+}

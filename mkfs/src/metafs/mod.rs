@@ -219,3 +219,104 @@ pub fn build(layout: &Layout, quota_change_size_mb: u32, time_sec: i64) -> Resul
         inodes: b.inodes,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::MkfsOptions;
+    use rgfs::format::dirent::used_entries;
+    use rgfs::format::Dinode;
+
+    fn reference() -> (Layout, SystemFiles) {
+        let opts = MkfsOptions {
+            journals: 2,
+            lock_table: Some("pacemaker:pcmk".into()),
+            ..Default::default()
+        };
+        let layout = crate::plan::plan(1 << 30, &opts).unwrap();
+        let sys = build(&layout, 1, 1_700_000_000).unwrap();
+        (layout, sys)
+    }
+
+    /// Every system inode of the reference image (brief §9.3), at the same
+    /// block with the same formal number.
+    #[test]
+    fn system_inodes_land_where_mkfs_gfs2_puts_them() {
+        let (_, sys) = reference();
+        let got: Vec<(&str, u64, u64)> = sys.inodes.iter().map(|(p, i)| (p.as_str(), i.addr, i.formal_ino)).collect();
+        assert_eq!(
+            got,
+            [
+                ("master", 4124, 3),
+                ("master/jindex", 4125, 4),
+                ("master/per_node", 8233, 5),
+                ("per_node/inum_range0", 8234, 6),
+                ("per_node/statfs_change0", 8239, 7),
+                ("per_node/quota_change0", 8240, 8),
+                ("per_node/inum_range1", 8497, 9),
+                ("per_node/statfs_change1", 8498, 10),
+                ("per_node/quota_change1", 8499, 11),
+                ("master/inum", 8756, 12),
+                ("master/statfs", 8757, 13),
+                ("master/rindex", 8758, 14),
+                ("master/quota", 8759, 15),
+                ("root", 8760, 16),
+            ]
+        );
+        assert_eq!((sys.master, sys.root), (Inum::new(3, 4124), Inum::new(16, 8760)));
+    }
+
+    #[test]
+    fn counts_and_contents_match_the_reference_image() {
+        let (_, sys) = reference();
+        let free_dinodes: Vec<(u32, u32)> = sys.alloc.rgrps.iter().map(|r| (r.header.free, r.header.dinodes)).collect();
+        assert_eq!(free_dinodes, [(0, 3), (0, 3), (62950, 10), (63472, 0), (63472, 0), (63472, 0)]);
+        // rgrp 0's bitmap byte 1026: blocks 4106/4107 (master, jindex) DINODE.
+        assert_eq!(sys.alloc.rgrps[0].bitmap.as_ref().unwrap()[1026], 0xF5);
+
+        let dinode = |addr: u64| Dinode::decode(&sys.store.read(addr)).unwrap();
+        let statfs = sys.store.read(8757);
+        let totals = StatfsChange::decode(&statfs[DINODE_SIZE..]).unwrap();
+        assert_eq!((totals.total, totals.free, totals.dinodes), (262104, 253366, 16));
+        assert_eq!(u64::from_be_bytes(sys.store.read(8756)[DINODE_SIZE..DINODE_SIZE + 8].try_into().unwrap()), 17);
+        let qc = dinode(8240);
+        assert_eq!((qc.height, qc.blocks, qc.goal_meta, qc.goal_data, qc.size), (1, 257, 8496, 8240, 1 << 20));
+        assert_eq!((dinode(8758).size, dinode(8758).payload_format), (576, FORMAT_RINDEX));
+        assert_eq!(dinode(8759).size, 176);
+        let master = dinode(4124);
+        assert_eq!((master.nlink, master.entries, master.flags), (4, 8, 0x201));
+        assert_eq!(dinode(8760).flags, 0x1);
+
+        let block = sys.store.read(4124);
+        let names: Vec<(String, u64, u16)> = used_entries(&block[DINODE_SIZE..])
+            .unwrap()
+            .iter()
+            .map(|d| (String::from_utf8_lossy(d.name).into_owned(), d.header.inum.addr, d.header.rec_len))
+            .collect();
+        let expect = [(".", 4124), ("..", 4124), ("jindex", 4125), ("per_node", 8233), ("inum", 8756), ("statfs", 8757), ("rindex", 8758), ("quota", 8759)];
+        assert_eq!(names.len(), expect.len());
+        for ((name, addr, rec_len), (want, want_addr)) in names.iter().zip(expect) {
+            assert_eq!((name.as_str(), *addr), (want, want_addr));
+            assert_eq!(*rec_len, if want == "quota" { 3528 } else { 48 });
+        }
+    }
+
+    /// With 512-byte blocks and 8 journals the master, jindex and per_node
+    /// directories do not fit in their dinodes: they become hashed, and
+    /// every entry stays reachable.
+    #[test]
+    fn small_blocks_make_hashed_directories() {
+        let opts = MkfsOptions { block_size: 512, journals: 8, ..MkfsOptions::nolock() };
+        let layout = crate::plan::plan(300 << 20, &opts).unwrap();
+        let sys = build(&layout, 1, 0).unwrap();
+        for path in ["master", "master/jindex", "master/per_node"] {
+            let inum = sys.inodes.iter().find(|(p, _)| p == path).unwrap().1;
+            let di = Dinode::decode(&sys.store.read(inum.addr)).unwrap();
+            assert!(di.is_exhash(), "{path}");
+            assert_eq!(di.size, 8 << di.depth, "{path}");
+        }
+        let per_node = sys.inodes.iter().find(|(p, _)| p == "master/per_node").unwrap().1;
+        let di = Dinode::decode(&sys.store.read(per_node.addr)).unwrap();
+        assert_eq!(di.entries, 2 + 3 * 8);
+    }
+}
