@@ -24,7 +24,12 @@ fn pointers_per_level(geom: &Geometry, height: u16, data_blocks: u64) -> Vec<u64
 
 /// The dinode and indirect blocks of journal `jp`, which precede its log
 /// blocks in the extent: every level's pointers are consecutive blocks.
-pub fn journal_meta_blocks(geom: &Geometry, jp: &JournalPlan, size_bytes: u64, time_sec: i64) -> Vec<u8> {
+pub fn journal_meta_blocks(
+    geom: &Geometry,
+    jp: &JournalPlan,
+    size_bytes: u64,
+    time_sec: i64,
+) -> Vec<u8> {
     let bsize = geom.bsize as usize;
     let meta_blocks = (jp.file_blocks - jp.data_blocks) as usize;
     let mut out = vec![0u8; meta_blocks * bsize];
@@ -78,13 +83,22 @@ pub fn journal_meta_blocks(geom: &Geometry, jp: &JournalPlan, size_bytes: u64, t
         level_blocks = pointers as usize;
         target += pointers;
     }
-    assert_eq!(level_start, meta_blocks, "journal tree does not fill its metadata blocks");
+    assert_eq!(
+        level_start, meta_blocks,
+        "journal tree does not fill its metadata blocks"
+    );
     out
 }
 
 /// Fills `buf` (whole blocks) with the log headers of log blocks
 /// `first..` of journal `jp`, whose block 0 has sequence `start_sequence`.
-pub fn fill_log_headers(geom: &Geometry, jp: &JournalPlan, start_sequence: u64, first: u64, buf: &mut [u8]) {
+pub fn fill_log_headers(
+    geom: &Geometry,
+    jp: &JournalPlan,
+    start_sequence: u64,
+    first: u64,
+    buf: &mut [u8],
+) {
     let bsize = geom.bsize as usize;
     for (i, block) in buf.chunks_exact_mut(bsize).enumerate() {
         let lblock = first + i as u64;
@@ -128,13 +142,20 @@ mod tests {
         let meta = journal_meta_blocks(&g, &jp, 16 << 20, 0);
         assert_eq!(meta.len(), 10 * 4096);
         let di = Dinode::decode(&meta[..4096]).unwrap();
-        assert_eq!((di.height, di.blocks, di.goal_meta, di.goal_data), (2, 4106, 27, 4123));
-        let top: Vec<u64> = pointers(&meta[DINODE_SIZE..4096]).take_while(|&p| p != 0).collect();
+        assert_eq!(
+            (di.height, di.blocks, di.goal_meta, di.goal_data),
+            (2, 4106, 27, 4123)
+        );
+        let top: Vec<u64> = pointers(&meta[DINODE_SIZE..4096])
+            .take_while(|&p| p != 0)
+            .collect();
         assert_eq!(top, (19..28).collect::<Vec<_>>());
         let first: Vec<u64> = pointers(&meta[4096 + 24..8192]).collect();
         assert_eq!(first[0], 28);
         assert_eq!(first[508], 28 + 508);
-        let last: Vec<u64> = pointers(&meta[9 * 4096 + 24..]).take_while(|&p| p != 0).collect();
+        let last: Vec<u64> = pointers(&meta[9 * 4096 + 24..])
+            .take_while(|&p| p != 0)
+            .collect();
         assert_eq!(*last.last().unwrap(), 4123);
     }
 
@@ -144,7 +165,10 @@ mod tests {
         let jp = journal(&g, 8 << 20);
         let mut buf = vec![0u8; 4 * 512];
         fill_log_headers(&g, &jp, jp.data_blocks - 2, 0, &mut buf);
-        let seqs: Vec<u64> = buf.chunks(512).map(|b| LogHeader::decode(b).unwrap().sequence).collect();
+        let seqs: Vec<u64> = buf
+            .chunks(512)
+            .map(|b| LogHeader::decode(b).unwrap().sequence)
+            .collect();
         assert_eq!(seqs, [jp.data_blocks - 2, jp.data_blocks - 1, 0, 1]);
         let h = LogHeader::decode(&buf[512..1024]).unwrap();
         assert_eq!((h.blkno, h.addr, h.jinode), (1, jp.data_start() + 1, 18));

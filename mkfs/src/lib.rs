@@ -108,7 +108,9 @@ pub fn prepare(device_bytes: u64, options: &MkfsOptions) -> Result<Prepared> {
         root_dir: system.root,
         lockproto: options.lock_proto.name().to_string(),
         locktable: options.lock_table_str().to_string(),
-        uuid: options.uuid.unwrap_or_else(|| *uuid::Uuid::new_v4().as_bytes()),
+        uuid: options
+            .uuid
+            .unwrap_or_else(|| *uuid::Uuid::new_v4().as_bytes()),
     };
     // Each journal starts its sequence at a random point, as mkfs.gfs2 does.
     let journal_start_sequences = layout
@@ -156,7 +158,12 @@ mod tests {
     #[test]
     fn written_structures_decode() {
         let dev = MemDevice::new(128 << 20);
-        let opts = MkfsOptions { journals: 2, block_size: 1024, uuid: Some([9; 16]), ..MkfsOptions::nolock() };
+        let opts = MkfsOptions {
+            journals: 2,
+            block_size: 1024,
+            uuid: Some([9; 16]),
+            ..MkfsOptions::nolock()
+        };
         let summary = make_filesystem(&dev, &opts).unwrap();
         let image = dev.snapshot();
         assert!(dev.flush_count() >= 2);
@@ -165,7 +172,10 @@ mod tests {
 
         assert!(image[..65536].iter().all(|&b| b == 0));
         let sb = Superblock::decode(&image[65536..]).unwrap();
-        assert_eq!((sb.bsize, sb.lockproto.as_str(), sb.uuid), (1024, "lock_nolock", [9; 16]));
+        assert_eq!(
+            (sb.bsize, sb.lockproto.as_str(), sb.uuid),
+            (1024, "lock_nolock", [9; 16])
+        );
         assert_eq!((sb.master_dir, sb.root_dir), (summary.master, summary.root));
 
         let layout = plan::plan(128 << 20, &opts).unwrap();
@@ -181,7 +191,10 @@ mod tests {
             assert!(first.is_unmount() && last.is_unmount());
             assert_eq!((first.blkno, first.jinode), (0, jp.inum.addr));
             // Sequences rise by one, wrapping once.
-            assert_eq!((first.sequence + jp.data_blocks - 1) % jp.data_blocks, last.sequence);
+            assert_eq!(
+                (first.sequence + jp.data_blocks - 1) % jp.data_blocks,
+                last.sequence
+            );
         }
     }
 

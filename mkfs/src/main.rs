@@ -67,14 +67,24 @@ struct Failure {
 
 impl Failure {
     fn refused(message: impl Into<String>) -> Self {
-        Failure { message: message.into(), code: 255 }
+        Failure {
+            message: message.into(),
+            code: 255,
+        }
     }
 }
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
-        let code = if matches!(e, Error::Device(_)) { 1 } else { 255 };
-        Failure { message: e.to_string(), code }
+        let code = if matches!(e, Error::Device(_)) {
+            1
+        } else {
+            255
+        };
+        Failure {
+            message: e.to_string(),
+            code,
+        }
     }
 }
 
@@ -118,17 +128,31 @@ fn print_summary(path: &std::path::Path, device_bytes: u64, s: &Summary) {
     let row = |label: &str, value: String| println!("{label:<27}{value}");
     row("Device:", path.display().to_string());
     row("Block size:", s.block_size.to_string());
-    row("Device size:", format!("{:.2} GB ({} blocks)", gib(device_bytes as f64), s.device_blocks));
+    row(
+        "Device size:",
+        format!(
+            "{:.2} GB ({} blocks)",
+            gib(device_bytes as f64),
+            s.device_blocks
+        ),
+    );
     row(
         "Filesystem size:",
-        format!("{:.2} GB ({} blocks)", gib((s.fs_blocks * s.block_size as u64) as f64), s.fs_blocks),
+        format!(
+            "{:.2} GB ({} blocks)",
+            gib((s.fs_blocks * s.block_size as u64) as f64),
+            s.fs_blocks
+        ),
     );
     row("Journals:", s.journals.to_string());
     row("Journal size:", format!("{}MB", s.journal_size_mb));
     row("Resource groups:", s.rgrps.to_string());
     row("Locking protocol:", format!("\"{}\"", s.lock_proto.name()));
     row("Lock table:", format!("\"{}\"", s.lock_table));
-    row("UUID:", uuid::Uuid::from_bytes(s.uuid).hyphenated().to_string());
+    row(
+        "UUID:",
+        uuid::Uuid::from_bytes(s.uuid).hyphenated().to_string(),
+    );
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {

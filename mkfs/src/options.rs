@@ -131,7 +131,9 @@ impl MkfsOptions {
             )));
         }
         if self.journals == 0 {
-            return Err(Error::invalid("no journals specified: -j must be at least 1"));
+            return Err(Error::invalid(
+                "no journals specified: -j must be at least 1",
+            ));
         }
         if let Some(mb) = self.journal_size_mb {
             if !(MIN_JOURNAL_SIZE_MB..=MAX_JOURNAL_SIZE_MB).contains(&mb) {
@@ -187,13 +189,55 @@ mod tests {
             (dlm(""), "empty"),
             (dlm("nocolon"), "lock table"),
             (dlm("a:b:c"), "lock table"),
-            (MkfsOptions { journals: 0, ..dlm("a:b") }, "journals"),
-            (MkfsOptions { journal_size_mb: Some(7), ..dlm("a:b") }, "journal size"),
-            (MkfsOptions { journal_size_mb: Some(1025), ..dlm("a:b") }, "journal size"),
-            (MkfsOptions { rgrp_size_mb: 31, ..dlm("a:b") }, "resource group"),
-            (MkfsOptions { block_size: 8192, ..dlm("a:b") }, "block size"),
-            (MkfsOptions { block_size: 1000, ..dlm("a:b") }, "block size"),
-            (MkfsOptions { quota_change_size_mb: 0, ..dlm("a:b") }, "quota"),
+            (
+                MkfsOptions {
+                    journals: 0,
+                    ..dlm("a:b")
+                },
+                "journals",
+            ),
+            (
+                MkfsOptions {
+                    journal_size_mb: Some(7),
+                    ..dlm("a:b")
+                },
+                "journal size",
+            ),
+            (
+                MkfsOptions {
+                    journal_size_mb: Some(1025),
+                    ..dlm("a:b")
+                },
+                "journal size",
+            ),
+            (
+                MkfsOptions {
+                    rgrp_size_mb: 31,
+                    ..dlm("a:b")
+                },
+                "resource group",
+            ),
+            (
+                MkfsOptions {
+                    block_size: 8192,
+                    ..dlm("a:b")
+                },
+                "block size",
+            ),
+            (
+                MkfsOptions {
+                    block_size: 1000,
+                    ..dlm("a:b")
+                },
+                "block size",
+            ),
+            (
+                MkfsOptions {
+                    quota_change_size_mb: 0,
+                    ..dlm("a:b")
+                },
+                "quota",
+            ),
         ];
         for (opts, word) in cases {
             let err = opts.validate().unwrap_err().to_string();

@@ -19,20 +19,79 @@ struct Signature {
 
 /// GFS2 is checked separately (magic and superblock type).
 const SIGNATURES: &[Signature] = &[
-    Signature { name: "ext2/ext3/ext4", offset: 1080, magic: &[0x53, 0xEF] },
-    Signature { name: "xfs", offset: 0, magic: b"XFSB" },
-    Signature { name: "btrfs", offset: 65536 + 64, magic: b"_BHRfS_M" },
-    Signature { name: "swap", offset: 4096 - 10, magic: b"SWAPSPACE2" },
-    Signature { name: "swap", offset: 4096 - 10, magic: b"SWAP-SPACE" },
-    Signature { name: "LUKS", offset: 0, magic: b"LUKS\xba\xbe" },
-    Signature { name: "LVM2 physical volume", offset: 512 + 24, magic: b"LVM2 001" },
-    Signature { name: "ocfs2", offset: 8192, magic: b"OCFSV2" },
-    Signature { name: "vfat", offset: 82, magic: b"FAT32   " },
-    Signature { name: "vfat", offset: 54, magic: b"FAT16   " },
-    Signature { name: "ntfs", offset: 3, magic: b"NTFS    " },
-    Signature { name: "iso9660", offset: 32769, magic: b"CD001" },
-    Signature { name: "bcache", offset: 4096 + 24, magic: &[0xc6, 0x85, 0x73, 0xf6, 0x4e, 0x1a, 0x45, 0xca, 0x82, 0x65, 0xf5, 0x7f, 0x48, 0xba, 0x6d, 0x81] },
-    Signature { name: "GPT partition table", offset: 512, magic: b"EFI PART" },
+    Signature {
+        name: "ext2/ext3/ext4",
+        offset: 1080,
+        magic: &[0x53, 0xEF],
+    },
+    Signature {
+        name: "xfs",
+        offset: 0,
+        magic: b"XFSB",
+    },
+    Signature {
+        name: "btrfs",
+        offset: 65536 + 64,
+        magic: b"_BHRfS_M",
+    },
+    Signature {
+        name: "swap",
+        offset: 4096 - 10,
+        magic: b"SWAPSPACE2",
+    },
+    Signature {
+        name: "swap",
+        offset: 4096 - 10,
+        magic: b"SWAP-SPACE",
+    },
+    Signature {
+        name: "LUKS",
+        offset: 0,
+        magic: b"LUKS\xba\xbe",
+    },
+    Signature {
+        name: "LVM2 physical volume",
+        offset: 512 + 24,
+        magic: b"LVM2 001",
+    },
+    Signature {
+        name: "ocfs2",
+        offset: 8192,
+        magic: b"OCFSV2",
+    },
+    Signature {
+        name: "vfat",
+        offset: 82,
+        magic: b"FAT32   ",
+    },
+    Signature {
+        name: "vfat",
+        offset: 54,
+        magic: b"FAT16   ",
+    },
+    Signature {
+        name: "ntfs",
+        offset: 3,
+        magic: b"NTFS    ",
+    },
+    Signature {
+        name: "iso9660",
+        offset: 32769,
+        magic: b"CD001",
+    },
+    Signature {
+        name: "bcache",
+        offset: 4096 + 24,
+        magic: &[
+            0xc6, 0x85, 0x73, 0xf6, 0x4e, 0x1a, 0x45, 0xca, 0x82, 0x65, 0xf5, 0x7f, 0x48, 0xba,
+            0x6d, 0x81,
+        ],
+    },
+    Signature {
+        name: "GPT partition table",
+        offset: 512,
+        magic: b"EFI PART",
+    },
 ];
 
 /// Bytes read from the start of the device: enough for every signature.
@@ -77,10 +136,16 @@ mod tests {
         for sig in SIGNATURES {
             let dev = MemDevice::new(1 << 20);
             dev.write_at(sig.offset, sig.magic).unwrap();
-            assert_eq!(existing_content(&dev).unwrap(), Some(sig.name), "{}", sig.name);
+            assert_eq!(
+                existing_content(&dev).unwrap(),
+                Some(sig.name),
+                "{}",
+                sig.name
+            );
         }
         let dev = MemDevice::new(1 << 20);
-        dev.write_at(SB_OFFSET_BYTES, &[0x01, 0x16, 0x19, 0x70, 0, 0, 0, 1]).unwrap();
+        dev.write_at(SB_OFFSET_BYTES, &[0x01, 0x16, 0x19, 0x70, 0, 0, 0, 1])
+            .unwrap();
         assert_eq!(existing_content(&dev).unwrap(), Some("gfs2"));
         let tiny = MemDevice::new(1000);
         assert_eq!(existing_content(&tiny).unwrap(), None);

@@ -56,7 +56,11 @@ fn rgrp_blocks(p: &Prepared, rg: &RgrpState) -> Vec<u8> {
 }
 
 /// Writes `p` to `dev`, reporting journal progress.
-pub fn write(dev: &dyn BlockDevice, p: &Prepared, progress: &mut dyn FnMut(JournalProgress)) -> Result<()> {
+pub fn write(
+    dev: &dyn BlockDevice,
+    p: &Prepared,
+    progress: &mut dyn FnMut(JournalProgress),
+) -> Result<()> {
     let g = &p.layout.geometry;
     let bsize = g.bsize as u64;
     let sb_addr = g.sb_addr();
@@ -64,12 +68,21 @@ pub fn write(dev: &dyn BlockDevice, p: &Prepared, progress: &mut dyn FnMut(Journ
 
     let journal_total: u64 = p.layout.journals.iter().map(|j| j.data_blocks).sum();
     let mut journal_done = 0u64;
-    progress(JournalProgress { blocks_written: 0, blocks_total: journal_total });
+    progress(JournalProgress {
+        blocks_written: 0,
+        blocks_total: journal_total,
+    });
     let rgrps = &p.system.alloc.rgrps;
     for (i, rg) in rgrps.iter().enumerate() {
         let plan = &p.layout.rgrps[i];
         dev.write_at(g.byte_offset(plan.ri.addr), &rgrp_blocks(p, rg))?;
-        for (j, jp) in p.layout.journals.iter().enumerate().filter(|(_, jp)| jp.rgrp == i) {
+        for (j, jp) in p
+            .layout
+            .journals
+            .iter()
+            .enumerate()
+            .filter(|(_, jp)| jp.rgrp == i)
+        {
             let size_bytes = p.layout.journal_size_mb as u64 * (1 << 20);
             let meta = journal_meta_blocks(g, jp, size_bytes, p.time_sec);
             dev.write_at(g.byte_offset(jp.inum.addr), &meta)?;
@@ -83,7 +96,10 @@ pub fn write(dev: &dyn BlockDevice, p: &Prepared, progress: &mut dyn FnMut(Journ
                 dev.write_at(g.byte_offset(jp.data_start() + first), chunk)?;
                 first += n;
                 journal_done += n;
-                progress(JournalProgress { blocks_written: journal_done, blocks_total: journal_total });
+                progress(JournalProgress {
+                    blocks_written: journal_done,
+                    blocks_total: journal_total,
+                });
             }
         }
         // The blocks between this group's data and the next group (at most
@@ -91,7 +107,10 @@ pub fn write(dev: &dyn BlockDevice, p: &Prepared, progress: &mut dyn FnMut(Journ
         if let Some(next) = p.layout.rgrps.get(i + 1) {
             let gap = next.ri.addr - plan.ri.data_end();
             if gap > 0 {
-                dev.write_at(g.byte_offset(plan.ri.data_end()), &vec![0u8; (gap * bsize) as usize])?;
+                dev.write_at(
+                    g.byte_offset(plan.ri.data_end()),
+                    &vec![0u8; (gap * bsize) as usize],
+                )?;
             }
         }
     }

@@ -46,7 +46,12 @@ impl Case {
             self.journals.to_string(),
         ];
         if self.dlm {
-            a.extend(["-p".into(), "lock_dlm".into(), "-t".into(), "pacemaker:pcmk".into()]);
+            a.extend([
+                "-p".into(),
+                "lock_dlm".into(),
+                "-t".into(),
+                "pacemaker:pcmk".into(),
+            ]);
         } else {
             a.extend(["-p".into(), "lock_nolock".into()]);
         }
@@ -57,7 +62,11 @@ impl Case {
         MkfsOptions {
             block_size: self.block_size,
             journals: self.journals,
-            lock_proto: if self.dlm { LockProto::Dlm } else { LockProto::Nolock },
+            lock_proto: if self.dlm {
+                LockProto::Dlm
+            } else {
+                LockProto::Nolock
+            },
             lock_table: self.dlm.then(|| "pacemaker:pcmk".to_string()),
             ..Default::default()
         }
@@ -81,7 +90,10 @@ fn check_case(dir: &Path, case: Case) -> u64 {
     let gfs2 = mkfs("mkfs.gfs2", &case, &theirs);
     let rgfs = mkfs(MKFS_RGFS, &case, &ours);
     if !gfs2.status.success() {
-        assert!(!rgfs.status.success(), "{case:?}: mkfs.gfs2 refused but mkfs.rgfs accepted");
+        assert!(
+            !rgfs.status.success(),
+            "{case:?}: mkfs.gfs2 refused but mkfs.rgfs accepted"
+        );
         eprintln!("{case:?}: refused by both");
         return 0;
     }
@@ -93,7 +105,13 @@ fn check_case(dir: &Path, case: Case) -> u64 {
 
     // Where rindex lies in our image, to mask mkfs.gfs2's garbage there.
     let prepared = rgfs_mkfs::prepare(case.size_bytes, &case.options()).unwrap();
-    let rindex = prepared.system.inodes.iter().find(|(p, _)| p == "master/rindex").unwrap().1;
+    let rindex = prepared
+        .system
+        .inodes
+        .iter()
+        .find(|(p, _)| p == "master/rindex")
+        .unwrap()
+        .1;
     let geom = Geometry::new(case.block_size).unwrap();
     let masks = rindex_masks(&ours, &geom, rindex.addr, prepared.layout.rgrps.len());
     let compared = compare_images(&theirs, &ours, case.block_size as u64, &masks)
@@ -102,25 +120,55 @@ fn check_case(dir: &Path, case: Case) -> u64 {
 
     let path = ours.to_str().unwrap();
     let fsck = run("fsck.gfs2", &["-n", path]);
-    let out = format!("{}{}", String::from_utf8_lossy(&fsck.stdout), String::from_utf8_lossy(&fsck.stderr));
-    assert_eq!(fsck.status.code(), Some(0), "{case:?}: fsck.gfs2 -n:\n{out}");
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&fsck.stdout),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    assert_eq!(
+        fsck.status.code(),
+        Some(0),
+        "{case:?}: fsck.gfs2 -n:\n{out}"
+    );
     let lower = out.to_lowercase();
-    for word in ["dirty", "error", "corrupt", "inconsistent", "invalid", "fixed", "missing", "does not match"] {
-        assert!(!lower.contains(word), "{case:?}: fsck.gfs2 -n says {word:?}:\n{out}");
+    for word in [
+        "dirty",
+        "error",
+        "corrupt",
+        "inconsistent",
+        "invalid",
+        "fixed",
+        "missing",
+        "does not match",
+    ] {
+        assert!(
+            !lower.contains(word),
+            "{case:?}: fsck.gfs2 -n says {word:?}:\n{out}"
+        );
     }
 
     let tune = String::from_utf8(run("tunegfs2", &["-l", path]).stdout).unwrap();
-    let (proto, table) = if case.dlm { ("lock_dlm", "pacemaker:pcmk") } else { ("lock_nolock", "") };
+    let (proto, table) = if case.dlm {
+        ("lock_dlm", "pacemaker:pcmk")
+    } else {
+        ("lock_nolock", "")
+    };
     for line in [
         format!("Lock protocol: {proto}"),
         format!("Lock table: {table}"),
         format!("Block size: {}", case.block_size),
         format!("File system UUID: {UUID}"),
     ] {
-        assert!(tune.lines().any(|l| l.trim_end() == line.trim_end()), "{case:?}: tunegfs2 -l lacks {line:?}:\n{tune}");
+        assert!(
+            tune.lines().any(|l| l.trim_end() == line.trim_end()),
+            "{case:?}: tunegfs2 -l lacks {line:?}:\n{tune}"
+        );
     }
     let sb = String::from_utf8(run("gfs2_edit", &["-p", "sb", path]).stdout).unwrap();
-    assert!(sb.contains(&format!("sb_lockproto          {proto}")), "{case:?}:\n{sb}");
+    assert!(
+        sb.contains(&format!("sb_lockproto          {proto}")),
+        "{case:?}:\n{sb}"
+    );
     // `-p jindex` lists every journal; `-p journals` says whether each is
     // clean but (gfs2_edit 3.5.0, on mkfs.gfs2's images too) only shows
     // those in the first leaf of a hashed jindex.
@@ -135,9 +183,18 @@ fn check_case(dir: &Path, case: Case) -> u64 {
     want.sort();
     assert_eq!(names, want, "{case:?}: gfs2_edit -p jindex:\n{jindex}");
     let journals = String::from_utf8(run("gfs2_edit", &["-p", "journals", path]).stdout).unwrap();
-    let listed: Vec<&str> = journals.lines().filter(|l| l.starts_with("journal")).collect();
-    assert!(!listed.is_empty(), "{case:?}: gfs2_edit -p journals:\n{journals}");
-    assert!(listed.iter().all(|l| l.ends_with("clean.")), "{case:?}: gfs2_edit -p journals:\n{journals}");
+    let listed: Vec<&str> = journals
+        .lines()
+        .filter(|l| l.starts_with("journal"))
+        .collect();
+    assert!(
+        !listed.is_empty(),
+        "{case:?}: gfs2_edit -p journals:\n{journals}"
+    );
+    assert!(
+        listed.iter().all(|l| l.ends_with("clean.")),
+        "{case:?}: gfs2_edit -p journals:\n{journals}"
+    );
     std::fs::remove_file(&ours).unwrap();
     compared
 }
@@ -153,10 +210,19 @@ fn check_size(test: &str, size_bytes: u64) {
     for block_size in [512, 1024, 4096] {
         for journals in [1, 2, 8] {
             for dlm in [true, false] {
-                let case = Case { size_bytes, journals, block_size, dlm };
+                let case = Case {
+                    size_bytes,
+                    journals,
+                    block_size,
+                    dlm,
+                };
                 let t = Instant::now();
                 let bytes = check_case(dir.path(), case);
-                eprintln!("{case:?}: {} MiB compared in {:.2?}", bytes >> 20, t.elapsed());
+                eprintln!(
+                    "{case:?}: {} MiB compared in {:.2?}",
+                    bytes >> 20,
+                    t.elapsed()
+                );
                 compared += bytes;
                 cases += 1;
             }

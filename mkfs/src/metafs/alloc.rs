@@ -120,7 +120,11 @@ impl Allocator {
                 None => [h.data, 0, 0, 0],
             };
             assert_eq!(counts[BlockState::Free as usize], h.free, "group {i}: free");
-            assert_eq!(counts[BlockState::Dinode as usize], h.dinodes, "group {i}: dinodes");
+            assert_eq!(
+                counts[BlockState::Dinode as usize],
+                h.dinodes,
+                "group {i}: dinodes"
+            );
             used += (h.data - h.free) as u64;
             dinodes += h.dinodes as u64;
         }

@@ -61,8 +61,7 @@ fn set64(b: &mut [u8], at: usize, v: u64) {
 }
 
 fn is_leaf(block: &[u8]) -> bool {
-    RawMetaHeader::ref_from_prefix(block)
-        .is_ok_and(|(h, _)| h.meta_type() == Some(MetaType::Leaf))
+    RawMetaHeader::ref_from_prefix(block).is_ok_and(|(h, _)| h.meta_type() == Some(MetaType::Leaf))
 }
 
 /// Offset of the dirent after the one at `at`, if any.
@@ -143,7 +142,13 @@ impl Builder {
     }
 
     /// Links `name` to `inum` in directory `dip`.
-    pub(super) fn dir_add(&mut self, dip: &mut Inode, name: &str, inum: Inum, de_type: u16) -> Result<()> {
+    pub(super) fn dir_add(
+        &mut self,
+        dip: &mut Inode,
+        name: &str,
+        inum: Inum,
+        de_type: u16,
+    ) -> Result<()> {
         let name = name.as_bytes();
         if dip.is_exhash() {
             return self.hashed_add(dip, name, inum, de_type);
@@ -213,7 +218,11 @@ impl Builder {
     fn hashed_add(&mut self, dip: &mut Inode, name: &[u8], inum: Inum, de_type: u16) -> Result<()> {
         let hash = disk_hash(name);
         'restart: loop {
-            let index = if dip.depth == 0 { 0 } else { hash >> (32 - dip.depth) };
+            let index = if dip.depth == 0 {
+                0
+            } else {
+                hash >> (32 - dip.depth)
+            };
             let mut leaf_addr = self.leaf_pointer(dip, index)?;
             loop {
                 if let Some(at) = self.dirent_alloc(dip, leaf_addr, name.len()) {
@@ -282,10 +291,13 @@ impl Builder {
                     return Err(Error::invalid("directory leaf split found no room"));
                 };
                 let new = self.store.get_mut(new_addr);
-                new[slot + DE_FORMAL..slot + DE_HASH + 4].copy_from_slice(&old[cur + DE_FORMAL..cur + DE_HASH + 4]);
-                new[slot + DE_TYPE..slot + DE_TYPE + 2].copy_from_slice(&old[cur + DE_TYPE..cur + DE_TYPE + 2]);
+                new[slot + DE_FORMAL..slot + DE_HASH + 4]
+                    .copy_from_slice(&old[cur + DE_FORMAL..cur + DE_HASH + 4]);
+                new[slot + DE_TYPE..slot + DE_TYPE + 2]
+                    .copy_from_slice(&old[cur + DE_TYPE..cur + DE_TYPE + 2]);
                 let name = &old[cur + DIRENT_HEADER_SIZE..cur + DIRENT_HEADER_SIZE + name_len];
-                new[slot + DIRENT_HEADER_SIZE..slot + DIRENT_HEADER_SIZE + name_len].copy_from_slice(name);
+                new[slot + DIRENT_HEADER_SIZE..slot + DIRENT_HEADER_SIZE + name_len]
+                    .copy_from_slice(name);
                 let entries = get16(new, LF_ENTRIES);
                 set16(new, LF_ENTRIES, entries + 1);
                 self.dirent_del(dip, old_addr, prev, cur);
@@ -317,7 +329,12 @@ impl Builder {
         let chunks = dip.size / half_block;
         for chunk in (0..chunks).rev() {
             let old = self.read(dip, chunk * half_block, half_block as usize)?;
-            let doubled: Vec<u8> = old.chunks_exact(8).flat_map(|p| [p, p]).flatten().copied().collect();
+            let doubled: Vec<u8> = old
+                .chunks_exact(8)
+                .flat_map(|p| [p, p])
+                .flatten()
+                .copied()
+                .collect();
             self.write(dip, chunk * self.geom.bsize as u64, &doubled, true)?;
         }
         dip.depth += 1;

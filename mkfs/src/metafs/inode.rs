@@ -92,7 +92,8 @@ impl Builder {
     /// the dinode is left as built).
     pub(super) fn put(&mut self, ip: &Inode) {
         let time = self.time_sec;
-        ip.to_dinode(time).encode_into(self.store.get_mut(ip.num.addr));
+        ip.to_dinode(time)
+            .encode_into(self.store.get_mut(ip.num.addr));
     }
 
     /// The smallest tree height that maps `size` bytes (or the current size
@@ -169,11 +170,20 @@ impl Builder {
     /// missing tree blocks and the data block when `create` is set. Returns
     /// 0 for a hole (only without `create`) and whether the data block is
     /// new.
-    pub(super) fn block_map(&mut self, ip: &mut Inode, lblock: u64, create: bool) -> Result<(u64, bool)> {
+    pub(super) fn block_map(
+        &mut self,
+        ip: &mut Inode,
+        lblock: u64,
+        create: bool,
+    ) -> Result<(u64, bool)> {
         if ip.height == 0 {
             return Ok((if lblock == 0 { ip.num.addr } else { 0 }, false));
         }
-        let unit = if ip.is_dir() { self.geom.jbsize } else { self.geom.bsize } as u64;
+        let unit = if ip.is_dir() {
+            self.geom.jbsize
+        } else {
+            self.geom.bsize
+        } as u64;
         let need = self.height_for(ip, (lblock + 1) * unit);
         if ip.height < need {
             if !create {
@@ -196,7 +206,11 @@ impl Builder {
                     return Ok((0, false));
                 }
                 child = self.alloc_meta(ip)?;
-                set_pointer(&mut self.store.get_mut(parent)[area..], index as usize, child);
+                set_pointer(
+                    &mut self.store.get_mut(parent)[area..],
+                    index as usize,
+                    child,
+                );
                 ip.blocks += 1;
                 new = true;
                 let is_data = level + 1 == levels.len();
@@ -216,7 +230,10 @@ impl Builder {
             let j = self.geom.jbsize as u64;
             (offset / j, (offset % j) as usize)
         } else {
-            (offset >> self.geom.bsize_shift, (offset & (self.geom.bsize as u64 - 1)) as usize)
+            (
+                offset >> self.geom.bsize_shift,
+                (offset & (self.geom.bsize as u64 - 1)) as usize,
+            )
         };
         within += if ip.height == 0 {
             DINODE_SIZE
@@ -230,7 +247,13 @@ impl Builder {
 
     /// Writes `data` at byte `offset` of the content of `ip`, unstuffing
     /// and allocating as needed. The size grows only when `resize` is set.
-    pub(super) fn write(&mut self, ip: &mut Inode, offset: u64, data: &[u8], resize: bool) -> Result<()> {
+    pub(super) fn write(
+        &mut self,
+        ip: &mut Inode,
+        offset: u64,
+        data: &[u8],
+        resize: bool,
+    ) -> Result<()> {
         if data.is_empty() {
             return Ok(());
         }

@@ -22,7 +22,9 @@ pub use inode::Inode;
 pub use store::BlockStore;
 
 use rgfs::format::bitmap::BlockState;
-use rgfs::format::consts::{dif, dt, dt_from_mode, s_if, MetaType, FORMAT_DIRENT, FORMAT_QUOTA, FORMAT_RINDEX};
+use rgfs::format::consts::{
+    dif, dt, dt_from_mode, s_if, MetaType, FORMAT_DIRENT, FORMAT_QUOTA, FORMAT_RINDEX,
+};
 use rgfs::format::dinode::DINODE_SIZE;
 use rgfs::format::dirent::{dirent_size, write_dirent};
 use rgfs::format::files::{Quota, StatfsChange};
@@ -80,7 +82,13 @@ impl Builder {
         if ip.is_dir() {
             let dot = dirent_size(1);
             write_dirent(&mut block[DINODE_SIZE..], num, b".", dt::DIR, dot);
-            write_dirent(&mut block[DINODE_SIZE + dot..], parent, b"..", dt::DIR, bsize - DINODE_SIZE - dot);
+            write_dirent(
+                &mut block[DINODE_SIZE + dot..],
+                parent,
+                b"..",
+                dt::DIR,
+                bsize - DINODE_SIZE - dot,
+            );
             ip.nlink = 2;
             ip.size = (bsize - DINODE_SIZE) as u64;
             ip.flags |= dif::JDATA;
@@ -105,7 +113,14 @@ impl Builder {
     }
 
     /// A new inode linked into `dip` under `name`.
-    fn create(&mut self, dip: &mut Inode, path: &str, name: &str, mode: u32, flags: u32) -> Result<Inode> {
+    fn create(
+        &mut self,
+        dip: &mut Inode,
+        path: &str,
+        name: &str,
+        mode: u32,
+        flags: u32,
+    ) -> Result<Inode> {
         let addr = self.alloc.alloc(BlockState::Dinode)?;
         let num = self.next_inum(addr);
         self.inodes.push((format!("{path}{name}"), num));
@@ -119,7 +134,13 @@ impl Builder {
     /// A quota_change file: `blocks` blocks, each a quota change block
     /// with no changes, allocated one by one after the tree is grown.
     fn create_quota_change(&mut self, per_node: &mut Inode, j: u32, size_mb: u32) -> Result<Inode> {
-        let mut ip = self.create(per_node, "per_node/", &format!("quota_change{j}"), s_if::REG | 0o600, dif::SYSTEM)?;
+        let mut ip = self.create(
+            per_node,
+            "per_node/",
+            &format!("quota_change{j}"),
+            s_if::REG | 0o600,
+            dif::SYSTEM,
+        )?;
         let shift = self.geom.bsize_shift;
         let blocks = (size_mb as u64) << (20 - shift);
         let height = self.height_for(&ip, (blocks + 1) * self.geom.bsize as u64);
@@ -158,10 +179,22 @@ pub fn build(layout: &Layout, quota_change_size_mb: u32, time_sec: i64) -> Resul
 
     let mut per_node = b.create(&mut master, "master/", "per_node", s_if::DIR | 0o700, sys)?;
     for j in 0..layout.journals.len() as u32 {
-        let mut ir = b.create(&mut per_node, "per_node/", &format!("inum_range{j}"), file, sys_jdata)?;
+        let mut ir = b.create(
+            &mut per_node,
+            "per_node/",
+            &format!("inum_range{j}"),
+            file,
+            sys_jdata,
+        )?;
         ir.size = rgfs::format::files::InumRange::SIZE as u64;
         b.put(&ir);
-        let mut sc = b.create(&mut per_node, "per_node/", &format!("statfs_change{j}"), file, sys_jdata)?;
+        let mut sc = b.create(
+            &mut per_node,
+            "per_node/",
+            &format!("statfs_change{j}"),
+            file,
+            sys_jdata,
+        )?;
         sc.size = StatfsChange::SIZE as u64;
         b.put(&sc);
         let qc = b.create_quota_change(&mut per_node, j, quota_change_size_mb)?;
@@ -187,7 +220,12 @@ pub fn build(layout: &Layout, quota_change_size_mb: u32, time_sec: i64) -> Resul
     let mut quota = b.create(&mut master, "master/", "quota", file, sys_jdata)?;
     quota.payload_format = FORMAT_QUOTA;
     // Records for user 0 and group 0, each charged one block.
-    let record = Quota { limit: 0, warn: 0, value: 1 }.to_bytes();
+    let record = Quota {
+        limit: 0,
+        warn: 0,
+        value: 1,
+    }
+    .to_bytes();
     for _ in 0..2 {
         let at = quota.size;
         b.write(&mut quota, at, &record, true)?;
@@ -243,7 +281,11 @@ mod tests {
     #[test]
     fn system_inodes_land_where_mkfs_gfs2_puts_them() {
         let (_, sys) = reference();
-        let got: Vec<(&str, u64, u64)> = sys.inodes.iter().map(|(p, i)| (p.as_str(), i.addr, i.formal_ino)).collect();
+        let got: Vec<(&str, u64, u64)> = sys
+            .inodes
+            .iter()
+            .map(|(p, i)| (p.as_str(), i.addr, i.formal_ino))
+            .collect();
         assert_eq!(
             got,
             [
@@ -263,25 +305,59 @@ mod tests {
                 ("root", 8760, 16),
             ]
         );
-        assert_eq!((sys.master, sys.root), (Inum::new(3, 4124), Inum::new(16, 8760)));
+        assert_eq!(
+            (sys.master, sys.root),
+            (Inum::new(3, 4124), Inum::new(16, 8760))
+        );
     }
 
     #[test]
     fn counts_and_contents_match_the_reference_image() {
         let (_, sys) = reference();
-        let free_dinodes: Vec<(u32, u32)> = sys.alloc.rgrps.iter().map(|r| (r.header.free, r.header.dinodes)).collect();
-        assert_eq!(free_dinodes, [(0, 3), (0, 3), (62950, 10), (63472, 0), (63472, 0), (63472, 0)]);
+        let free_dinodes: Vec<(u32, u32)> = sys
+            .alloc
+            .rgrps
+            .iter()
+            .map(|r| (r.header.free, r.header.dinodes))
+            .collect();
+        assert_eq!(
+            free_dinodes,
+            [
+                (0, 3),
+                (0, 3),
+                (62950, 10),
+                (63472, 0),
+                (63472, 0),
+                (63472, 0)
+            ]
+        );
         // rgrp 0's bitmap byte 1026: blocks 4106/4107 (master, jindex) DINODE.
         assert_eq!(sys.alloc.rgrps[0].bitmap.as_ref().unwrap()[1026], 0xF5);
 
         let dinode = |addr: u64| Dinode::decode(&sys.store.read(addr)).unwrap();
         let statfs = sys.store.read(8757);
         let totals = StatfsChange::decode(&statfs[DINODE_SIZE..]).unwrap();
-        assert_eq!((totals.total, totals.free, totals.dinodes), (262104, 253366, 16));
-        assert_eq!(u64::from_be_bytes(sys.store.read(8756)[DINODE_SIZE..DINODE_SIZE + 8].try_into().unwrap()), 17);
+        assert_eq!(
+            (totals.total, totals.free, totals.dinodes),
+            (262104, 253366, 16)
+        );
+        assert_eq!(
+            u64::from_be_bytes(
+                sys.store.read(8756)[DINODE_SIZE..DINODE_SIZE + 8]
+                    .try_into()
+                    .unwrap()
+            ),
+            17
+        );
         let qc = dinode(8240);
-        assert_eq!((qc.height, qc.blocks, qc.goal_meta, qc.goal_data, qc.size), (1, 257, 8496, 8240, 1 << 20));
-        assert_eq!((dinode(8758).size, dinode(8758).payload_format), (576, FORMAT_RINDEX));
+        assert_eq!(
+            (qc.height, qc.blocks, qc.goal_meta, qc.goal_data, qc.size),
+            (1, 257, 8496, 8240, 1 << 20)
+        );
+        assert_eq!(
+            (dinode(8758).size, dinode(8758).payload_format),
+            (576, FORMAT_RINDEX)
+        );
         assert_eq!(dinode(8759).size, 176);
         let master = dinode(4124);
         assert_eq!((master.nlink, master.entries, master.flags), (4, 8, 0x201));
@@ -291,9 +367,24 @@ mod tests {
         let names: Vec<(String, u64, u16)> = used_entries(&block[DINODE_SIZE..])
             .unwrap()
             .iter()
-            .map(|d| (String::from_utf8_lossy(d.name).into_owned(), d.header.inum.addr, d.header.rec_len))
+            .map(|d| {
+                (
+                    String::from_utf8_lossy(d.name).into_owned(),
+                    d.header.inum.addr,
+                    d.header.rec_len,
+                )
+            })
             .collect();
-        let expect = [(".", 4124), ("..", 4124), ("jindex", 4125), ("per_node", 8233), ("inum", 8756), ("statfs", 8757), ("rindex", 8758), ("quota", 8759)];
+        let expect = [
+            (".", 4124),
+            ("..", 4124),
+            ("jindex", 4125),
+            ("per_node", 8233),
+            ("inum", 8756),
+            ("statfs", 8757),
+            ("rindex", 8758),
+            ("quota", 8759),
+        ];
         assert_eq!(names.len(), expect.len());
         for ((name, addr, rec_len), (want, want_addr)) in names.iter().zip(expect) {
             assert_eq!((name.as_str(), *addr), (want, want_addr));
@@ -306,7 +397,11 @@ mod tests {
     /// every entry stays reachable.
     #[test]
     fn small_blocks_make_hashed_directories() {
-        let opts = MkfsOptions { block_size: 512, journals: 8, ..MkfsOptions::nolock() };
+        let opts = MkfsOptions {
+            block_size: 512,
+            journals: 8,
+            ..MkfsOptions::nolock()
+        };
         let layout = crate::plan::plan(300 << 20, &opts).unwrap();
         let sys = build(&layout, 1, 0).unwrap();
         for path in ["master", "master/jindex", "master/per_node"] {
@@ -315,7 +410,12 @@ mod tests {
             assert!(di.is_exhash(), "{path}");
             assert_eq!(di.size, 8 << di.depth, "{path}");
         }
-        let per_node = sys.inodes.iter().find(|(p, _)| p == "master/per_node").unwrap().1;
+        let per_node = sys
+            .inodes
+            .iter()
+            .find(|(p, _)| p == "master/per_node")
+            .unwrap()
+            .1;
         let di = Dinode::decode(&sys.store.read(per_node.addr)).unwrap();
         assert_eq!(di.entries, 2 + 3 * 8);
     }

@@ -21,9 +21,9 @@ pub const MKFS_RGFS: &str = env!("CARGO_BIN_EXE_mkfs-rgfs");
 
 /// Whether the gfs2-utils oracles are installed; prints a notice if not.
 pub fn have_gfs2_utils(test: &str) -> bool {
-    let ok = ["mkfs.gfs2", "fsck.gfs2", "tunegfs2", "gfs2_edit"].iter().all(|tool| {
-        Command::new(tool).arg("-V").output().is_ok()
-    });
+    let ok = ["mkfs.gfs2", "fsck.gfs2", "tunegfs2", "gfs2_edit"]
+        .iter()
+        .all(|tool| Command::new(tool).arg("-V").output().is_ok());
     if !ok {
         eprintln!("NOTICE: {test} skipped: gfs2-utils (mkfs.gfs2, fsck.gfs2, tunegfs2, gfs2_edit) not installed");
     }
@@ -124,7 +124,11 @@ pub fn compare_images(a: &Path, b: &Path, bsize: u64, masks: &Masks) -> Result<u
             fb.read_exact_at(&mut bb[..n], off).unwrap();
             compared += n as u64;
             if ba[..n] != bb[..n] {
-                for (i, (x, y)) in ba[..n].chunks_mut(bsize as usize).zip(bb[..n].chunks_mut(bsize as usize)).enumerate() {
+                for (i, (x, y)) in ba[..n]
+                    .chunks_mut(bsize as usize)
+                    .zip(bb[..n].chunks_mut(bsize as usize))
+                    .enumerate()
+                {
                     if x == y {
                         continue;
                     }
@@ -170,7 +174,11 @@ fn content_location(f: &File, g: &Geometry, dinode_addr: u64, offset: u64) -> Op
     let mut cur = block;
     let mut addr = 0;
     for (level, &index) in path.levels().iter().enumerate() {
-        let area = if level == 0 { DINODE_SIZE } else { META_HEADER_SIZE };
+        let area = if level == 0 {
+            DINODE_SIZE
+        } else {
+            META_HEADER_SIZE
+        };
         addr = pointer_at(&cur[area..], index as usize);
         if addr == 0 {
             return None;
