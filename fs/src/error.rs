@@ -1,0 +1,43 @@
+//! Errors of the rgfs library above the format layer.
+
+use crate::format::FormatError;
+
+/// What went wrong, with the identity of the object involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The device failed. Writes after this are refused (fail-stop).
+    #[error("I/O error: {0}")]
+    Io(#[from] rgfs_block::Error),
+    /// A structure read from disk failed verification.
+    #[error("block {block}: {source}")]
+    Format {
+        block: u64,
+        #[source]
+        source: FormatError,
+    },
+    /// The structures are individually valid but inconsistent with each
+    /// other (a pointer out of range, a journal with holes, ...).
+    #[error("{what}: {why}")]
+    Corrupt { what: String, why: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attaches a block number to a format error.
+pub trait AtBlock<T> {
+    fn at_block(self, block: u64) -> Result<T>;
+}
+
+impl<T> AtBlock<T> for std::result::Result<T, FormatError> {
+    fn at_block(self, block: u64) -> Result<T> {
+        self.map_err(|source| Error::Format { block, source })
+    }
+}
+
+/// Shorthand for an [`Error::Corrupt`].
+pub fn corrupt<T>(what: impl Into<String>, why: impl Into<String>) -> Result<T> {
+    Err(Error::Corrupt {
+        what: what.into(),
+        why: why.into(),
+    })
+}
