@@ -60,6 +60,8 @@ pub struct LimitsConfig {
     pub max_lockspaces: usize,
     /// Client sessions per daemon.
     pub max_sessions: usize,
+    /// Time a new stream has to authenticate before it is refused, in milliseconds.
+    pub hello_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -72,6 +74,7 @@ impl Default for LimitsConfig {
             max_resources_per_lockspace: 1 << 21,
             max_lockspaces: 256,
             max_sessions: 4096,
+            hello_timeout_ms: 10_000,
         }
     }
 }
@@ -173,6 +176,7 @@ impl Config {
         let l = &self.limits;
         if [l.max_outstanding_per_session, l.max_locks_per_session, l.max_locks_per_resource, l.max_locks_per_lockspace, l.max_resources_per_lockspace, l.max_lockspaces, l.max_sessions]
             .contains(&0)
+            || l.hello_timeout_ms == 0
         {
             return invalid("limits must be above 0".into());
         }

@@ -19,7 +19,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::Stream;
 use tonic::Streaming;
 
-use super::responder::{poll_answer, Responder, BATCH_MAX};
+use super::responder::{hello_deadline, hello_overdue, poll_answer, Responder, BATCH_MAX};
 use super::Daemon;
 use crate::cluster::auth::{nonce, Role};
 use crate::proto::{self as pb, dlm_client::DlmClient};
@@ -41,12 +41,15 @@ pub struct PeerInbound {
     events: Vec<pb::PeerEvent>,
     done: bool,
     peer: String,
+    /// Until the hello arrives.
+    hello_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl PeerInbound {
     /// A new incoming peer stream; its first message is the challenge.
     pub fn new(daemon: Arc<Daemon>, inbound: Streaming<pb::PeerMessage>, peer: String) -> PeerInbound {
         let server_nonce = nonce();
+        let timeout_ms = daemon.config.limits.hello_timeout_ms;
         let challenge = pb::Challenge { server_nonce: server_nonce.clone(), cluster_name: daemon.config.cluster_name.clone(), node_id: daemon.node_id };
         PeerInbound {
             daemon,
@@ -57,6 +60,7 @@ impl PeerInbound {
             events: Vec::new(),
             done: false,
             peer,
+            hello_deadline: Some(hello_deadline(timeout_ms)),
         }
     }
 
@@ -70,6 +74,7 @@ impl PeerInbound {
     fn handle(&mut self, message: pb::PeerMessage) {
         match (&self.node, message.kind) {
             (None, Some(pb::peer_message::Kind::Hello(hello))) => {
+                self.hello_deadline = None;
                 let daemon = self.daemon.clone();
                 let cluster = &daemon.config.cluster_name;
                 if !daemon.key.verify(Role::Peer, cluster, &self.server_nonce, &hello.client_nonce, &hello.proof) {
@@ -113,6 +118,10 @@ impl Responder for PeerInbound {
     type Outbound = pb::PeerMessage;
 
     fn poll_inbound(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<pb::PeerMessage, tonic::Status>>> {
+        if self.node.is_none() && hello_overdue(&mut self.hello_deadline, cx) {
+            self.refuse("no hello in time".into());
+            return Poll::Pending;
+        }
         Pin::new(&mut self.inbound).poll_next(cx)
     }
 

@@ -3,12 +3,28 @@
 //! message. The work happens when the response stream is polled, so a stream costs
 //! no task of its own and an operation no extra hop.
 
+use std::future::Future;
 use std::task::{Context, Poll};
 
 /// Most events packed into one answer.
 pub const BATCH_MAX: usize = 1024;
 /// Most inbound messages handled in one poll, for fairness between streams.
 const MESSAGES_PER_POLL: usize = 64;
+/// The deadline for a stream's hello (`limits.hello_timeout_ms`): a stream that has
+/// not authenticated by then is refused, so idle unauthenticated connections cannot
+/// pile up.
+pub fn hello_deadline(timeout_ms: u64) -> std::pin::Pin<Box<tokio::time::Sleep>> {
+    Box::pin(tokio::time::sleep(std::time::Duration::from_millis(timeout_ms)))
+}
+
+/// Whether the hello deadline has passed; clears it once it has.
+pub fn hello_overdue(deadline: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>, cx: &mut Context<'_>) -> bool {
+    let overdue = deadline.as_mut().is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+    if overdue {
+        *deadline = None;
+    }
+    overdue
+}
 
 /// The server side of a stream.
 pub trait Responder {

@@ -20,7 +20,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_stream::Stream;
 use tonic::Streaming;
 
-use super::responder::{poll_answer, Responder, BATCH_MAX};
+use super::responder::{hello_deadline, hello_overdue, poll_answer, Responder, BATCH_MAX};
 use super::{query, Daemon, Holder, HolderOp, Lockspace};
 use crate::cluster::auth::{nonce, Role};
 use crate::engine::{Flags, ResourceName};
@@ -51,6 +51,8 @@ pub struct SessionStream {
     events: Vec<pb::Event>,
     done: bool,
     peer: String,
+    /// Until the hello arrives.
+    hello_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 fn server_message(kind: pb::server_message::Kind) -> pb::ServerMessage {
@@ -61,6 +63,7 @@ impl SessionStream {
     /// A new session; its first message is the challenge.
     pub fn new(daemon: Arc<Daemon>, inbound: Streaming<pb::ClientMessage>, peer: String) -> SessionStream {
         let server_nonce = nonce();
+        let timeout_ms = daemon.config.limits.hello_timeout_ms;
         let challenge = pb::Challenge { server_nonce: server_nonce.clone(), cluster_name: daemon.config.cluster_name.clone(), node_id: daemon.node_id };
         SessionStream {
             daemon,
@@ -71,6 +74,7 @@ impl SessionStream {
             events: Vec::new(),
             done: false,
             peer,
+            hello_deadline: Some(hello_deadline(timeout_ms)),
         }
     }
 
@@ -114,6 +118,7 @@ impl SessionStream {
     }
 
     fn hello(&mut self, hello: pb::Hello) {
+        self.hello_deadline = None;
         let daemon = self.daemon.clone();
         let cluster = &daemon.config.cluster_name;
         if !daemon.key.verify(Role::Client, cluster, &self.server_nonce, &hello.client_nonce, &hello.proof) {
@@ -268,6 +273,10 @@ impl Responder for SessionStream {
     type Outbound = pb::ServerMessage;
 
     fn poll_inbound(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<pb::ClientMessage, tonic::Status>>> {
+        if matches!(self.phase, Phase::Hello) && hello_overdue(&mut self.hello_deadline, cx) {
+            self.refuse("no hello in time");
+            return Poll::Pending;
+        }
         Pin::new(&mut self.inbound).poll_next(cx)
     }
 

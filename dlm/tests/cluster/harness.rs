@@ -61,8 +61,13 @@ fn free_ports(count: usize) -> Vec<u16> {
 impl Cluster {
     /// Starts three daemons and waits until each reports ready.
     pub fn start() -> Cluster {
+        Cluster::start_with("")
+    }
+
+    /// Like [`Cluster::start`], with `extra` appended to the configuration file.
+    pub fn start_with(extra: &str) -> Cluster {
         for attempt in 0..5 {
-            match Cluster::try_start() {
+            match Cluster::try_start(extra) {
                 Ok(cluster) => return cluster,
                 Err(e) => eprintln!("cluster start attempt {attempt} failed: {e}"),
             }
@@ -70,7 +75,7 @@ impl Cluster {
         panic!("could not start a cluster");
     }
 
-    fn try_start() -> Result<Cluster, String> {
+    fn try_start(extra: &str) -> Result<Cluster, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let key: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
         std::fs::write(dir.path().join("authkey"), key).map_err(|e| e.to_string())?;
@@ -82,6 +87,7 @@ impl Cluster {
                 text += &format!("client_socket = \"{}\"\n", dir.path().join("n1.sock").display());
             }
         }
+        text += extra;
         let config_path = dir.path().join("dlm.toml");
         std::fs::write(&config_path, &text).map_err(|e| e.to_string())?;
         let config = Config::load(&config_path).map_err(|e| e.to_string())?;

@@ -387,6 +387,22 @@ async fn cancel_and_status_counters() {
     assert!(text.contains("peer node 2 n2") && text.contains("outgoing up"), "{text}");
 }
 
+/// A stream that never says hello is refused after `hello_timeout_ms`, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_refused_after_the_hello_timeout() {
+    let cluster = Cluster::start_with("[limits]\nhello_timeout_ms = 300\n");
+    let address = cluster.config.node(2).unwrap().address;
+    let mut raw = pb::dlm_client::DlmClient::connect(format!("http://{address}")).await.unwrap();
+    let (_tx, rx) = tokio::sync::mpsc::unbounded_channel::<pb::ClientMessage>();
+    let mut inbound = raw.session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await.unwrap().into_inner();
+    let challenge = inbound.message().await.unwrap().unwrap();
+    assert!(matches!(challenge.kind, Some(pb::server_message::Kind::Challenge(_))));
+    let refused = within("the refusal", inbound.message()).await.unwrap().unwrap();
+    assert!(matches!(refused.kind, Some(pb::server_message::Kind::Refused(ref r)) if r.reason.contains("hello")), "{refused:?}");
+    assert!(within("the end of the stream", inbound.message()).await.unwrap().is_none());
+    assert_eq!(cluster.admin(2).await.status().await.unwrap().refused_connections, 1);
+}
+
 fn ops_message(ops: Vec<pb::Op>) -> pb::ClientMessage {
     pb::ClientMessage { kind: Some(pb::client_message::Kind::Ops(pb::OpBatch { ops })) }
 }
