@@ -154,3 +154,35 @@ fn binary_exit_codes() {
         let _ = std::fs::remove_file(&img);
     }
 }
+
+/// Volumes made by mkfs.rgfs (the library behind `mkfs.rgfs`), empty and
+/// populated, are clean for fsck.rgfs, and for fsck.gfs2 when installed.
+#[test]
+fn mkfs_rgfs_volumes_are_clean() {
+    use rgfs_block::MemDevice;
+    use rgfs_mkfs::{make_filesystem, LockProto, MkfsOptions};
+    let variants: Vec<(&str, MkfsOptions)> = vec![
+        ("nolock-4k", MkfsOptions::nolock()),
+        ("dlm-2-journals", MkfsOptions { journals: 2, lock_proto: LockProto::Dlm, lock_table: Some("rgfs:test".into()), ..Default::default() }),
+        ("nolock-1k-3-journals", MkfsOptions { block_size: 1024, journals: 3, ..MkfsOptions::nolock() }),
+        ("nolock-512", MkfsOptions { block_size: 512, ..MkfsOptions::nolock() }),
+    ];
+    for (name, opts) in variants {
+        let dev = MemDevice::new(300 << 20);
+        make_filesystem(&dev, &opts).unwrap_or_else(|e| panic!("{name}: mkfs.rgfs: {e}"));
+        let run = fsck_dev(&dev, Mode::No);
+        assert_eq!(run.exit, ExitCode::Clean, "{name}: fresh mkfs.rgfs volume:\n{}", run.report);
+        let mut p = Populator::open(&dev).unwrap();
+        standard_content(&mut p).unwrap();
+        p.finish().unwrap();
+        let run = fsck_dev(&dev, Mode::No);
+        assert_eq!(run.exit, ExitCode::Clean, "{name}: populated mkfs.rgfs volume:\n{}", run.report);
+        if have_gfs2_utils() {
+            let path = case_path(&format!("mkfs-rgfs-{name}"));
+            write_sparse(&path, &dev.snapshot());
+            let (code, out) = fsck_gfs2(&path, "-n");
+            assert_eq!(code, 0, "{name}: fsck.gfs2 -n on a populated mkfs.rgfs volume:\n{out}");
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
