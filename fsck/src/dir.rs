@@ -449,37 +449,38 @@ fn double_table(
     Ok(())
 }
 
-/// Removes the entry `name` from directory `dir`; returns it if present.
-/// Does not change link counts.
-pub fn remove(vol: &Volume, dir: u64, name: &[u8]) -> Result<Option<Entry>> {
-    let mut block = vol.read(dir)?;
-    let Ok(d) = Dinode::decode(&block) else {
-        return fatal(format!("block {dir} is not a dinode"));
-    };
+/// Where [`edit_entry_area`] found the entry.
+enum Area {
+    /// In the dinode block (a linear directory).
+    Dinode,
+    /// In this leaf, whose edited block is returned for writing.
+    Leaf(u64, Vec<u8>),
+}
+
+/// Applies `edit` to the dirent area of directory `dir` that holds `name`:
+/// the dinode's payload of a linear directory, or each leaf of the name's
+/// hash chain until `edit` returns `Some`. `block` is the directory's
+/// dinode block; nothing is written.
+fn edit_entry_area<T>(
+    vol: &Volume,
+    dir: u64,
+    block: &mut [u8],
+    name: &[u8],
+    mut edit: impl FnMut(&mut [u8]) -> rgfs::format::Result<Option<T>>,
+) -> Result<Option<(T, Area)>> {
     let err = |e: rgfs::format::FormatError| crate::volume::FsckError::Fatal(format!("directory {dir}: {e}"));
+    let d = Dinode::decode(block).map_err(err)?;
     if !d.is_exhash() {
-        let Some((inum, de_type)) = dirent::remove(&mut block[DINODE_SIZE..], name).map_err(err)? else {
-            return Ok(None);
-        };
-        let raw = dinode_mut(&mut block);
-        raw.di_entries = raw.di_entries.get().saturating_sub(1).into();
-        vol.write(dir, &block)?;
-        return Ok(Some(Entry { name: name.to_vec(), inum, de_type }));
+        return Ok(edit(&mut block[DINODE_SIZE..]).map_err(err)?.map(|t| (t, Area::Dinode)));
     }
-    let table = read_hash_table(vol, &block)?;
+    let table = read_hash_table(vol, block)?;
     let mut leaf_addr = table.ptrs[hash_index(disk_hash(name), d.depth)];
     let mut hops = 0;
     while leaf_addr != 0 && hops < 1 << 16 {
         let mut leaf = vol.read(leaf_addr)?;
         let lf = Leaf::decode(&leaf).map_err(err)?;
-        if let Some((inum, de_type)) = dirent::remove(&mut leaf[LEAF_HEADER_SIZE..], name).map_err(err)? {
-            let raw = leaf_mut(&mut leaf);
-            raw.lf_entries = raw.lf_entries.get().saturating_sub(1).into();
-            vol.write(leaf_addr, &leaf)?;
-            let raw = dinode_mut(&mut block);
-            raw.di_entries = raw.di_entries.get().saturating_sub(1).into();
-            vol.write(dir, &block)?;
-            return Ok(Some(Entry { name: name.to_vec(), inum, de_type }));
+        if let Some(t) = edit(&mut leaf[LEAF_HEADER_SIZE..]).map_err(err)? {
+            return Ok(Some((t, Area::Leaf(leaf_addr, leaf))));
         }
         leaf_addr = lf.next;
         hops += 1;
@@ -487,62 +488,73 @@ pub fn remove(vol: &Volume, dir: u64, name: &[u8]) -> Result<Option<Entry>> {
     Ok(None)
 }
 
+/// Removes the entry `name` from directory `dir`; returns it if present.
+/// Does not change link counts.
+pub fn remove(vol: &Volume, dir: u64, name: &[u8]) -> Result<Option<Entry>> {
+    let mut block = vol.read(dir)?;
+    let Some(((inum, de_type), area)) = edit_entry_area(vol, dir, &mut block, name, |a| dirent::remove(a, name))? else {
+        return Ok(None);
+    };
+    if let Area::Leaf(addr, mut leaf) = area {
+        let raw = leaf_mut(&mut leaf);
+        raw.lf_entries = raw.lf_entries.get().saturating_sub(1).into();
+        vol.write(addr, &leaf)?;
+    }
+    let raw = dinode_mut(&mut block);
+    raw.di_entries = raw.di_entries.get().saturating_sub(1).into();
+    vol.write(dir, &block)?;
+    Ok(Some(Entry { name: name.to_vec(), inum, de_type }))
+}
+
 /// Rewrites the target of entry `name` in directory `dir`.
 pub fn retarget(vol: &Volume, dir: u64, name: &[u8], inum: Inum, de_type: u16) -> Result<bool> {
     let mut block = vol.read(dir)?;
-    let Ok(d) = Dinode::decode(&block) else {
-        return fatal(format!("block {dir} is not a dinode"));
-    };
-    let err = |e: rgfs::format::FormatError| crate::volume::FsckError::Fatal(format!("directory {dir}: {e}"));
-    if !d.is_exhash() {
-        let done = dirent::retarget(&mut block[DINODE_SIZE..], name, inum, de_type).map_err(err)?;
-        if done {
-            vol.write(dir, &block)?;
-        }
-        return Ok(done);
+    let edit = |a: &mut [u8]| dirent::retarget(a, name, inum, de_type).map(|done| done.then_some(()));
+    match edit_entry_area(vol, dir, &mut block, name, edit)? {
+        None => Ok(false),
+        Some(((), Area::Dinode)) => vol.write(dir, &block).map(|_| true),
+        Some(((), Area::Leaf(addr, leaf))) => vol.write(addr, &leaf).map(|_| true),
     }
-    let table = read_hash_table(vol, &block)?;
-    let mut leaf_addr = table.ptrs[hash_index(disk_hash(name), d.depth)];
-    let mut hops = 0;
-    while leaf_addr != 0 && hops < 1 << 16 {
-        let mut leaf = vol.read(leaf_addr)?;
-        let lf = Leaf::decode(&leaf).map_err(err)?;
-        if dirent::retarget(&mut leaf[LEAF_HEADER_SIZE..], name, inum, de_type).map_err(err)? {
-            vol.write(leaf_addr, &leaf)?;
-            return Ok(true);
-        }
-        leaf_addr = lf.next;
-        hops += 1;
-    }
-    Ok(false)
 }
 
-/// The dinode of a new, empty directory: "." and ".." in its block.
-pub fn new_dir_block(vol: &Volume, this: Inum, parent: Inum, mode: u32, flags: u32, now: i64) -> Vec<u8> {
-    let mut block = vec![0u8; vol.bsize()];
+/// A fresh dinode: one link, no blocks but itself, every time `now`.
+pub fn new_dinode(num: Inum, mode: u32, now: i64) -> Dinode {
     let t = rgfs::format::Timestamp::new(now, 0);
-    let d = Dinode {
-        num: this,
+    Dinode {
+        num,
         mode,
         uid: 0,
         gid: 0,
-        nlink: 2,
-        size: vol.geom.max_stuffed(),
+        nlink: 1,
+        size: 0,
         blocks: 1,
         atime: t,
         mtime: t,
         ctime: t,
         major: 0,
         minor: 0,
-        goal_meta: this.addr,
-        goal_data: this.addr,
+        goal_meta: num.addr,
+        goal_data: num.addr,
         generation: 0,
-        flags: flags | dif::JDATA,
-        payload_format: FORMAT_DIRENT,
+        flags: 0,
+        payload_format: 0,
         height: 0,
         depth: 0,
-        entries: 2,
+        entries: 0,
         eattr: 0,
+    }
+}
+
+/// The dinode of a new, empty directory: "." and ".." in its block.
+pub fn new_dir_block(vol: &Volume, this: Inum, parent: Inum, mode: u32, flags: u32, now: i64) -> Vec<u8> {
+    let mut block = vec![0u8; vol.bsize()];
+    let d = Dinode {
+        nlink: 2,
+        size: vol.geom.max_stuffed(),
+        flags: flags | dif::JDATA,
+        payload_format: FORMAT_DIRENT,
+        entries: 2,
+        ..new_dinode(this, mode, now)
     };
     d.encode_into(&mut block);
     dirent::init_dir(&mut block[DINODE_SIZE..], this, parent, rgfs::format::consts::dt::DIR);

@@ -11,7 +11,7 @@
 use rgfs::format::consts::{dif, dt, eatype, s_if, EAFLAG_LAST};
 use rgfs::format::ea::{ea_data_blocks, ea_is_stuffed, ea_record_size, EaHeader};
 use rgfs::format::meta::{init_block, set_pointer, Inum, META_HEADER_SIZE};
-use rgfs::format::{BlockState, Dinode, MetaType, OnDisk, Rindex, StatfsChange, Superblock, Timestamp, DINODE_SIZE};
+use rgfs::format::{BlockState, Dinode, MetaType, OnDisk, Rindex, StatfsChange, Superblock, DINODE_SIZE};
 use rgfs_block::BlockDevice;
 
 use crate::dir::{self, dinode_mut};
@@ -107,30 +107,7 @@ impl<'a> Populator<'a> {
     }
 
     fn blank_dinode(&self, num: Inum, mode: u32) -> Dinode {
-        let t = Timestamp::new(NOW, 0);
-        Dinode {
-            num,
-            mode,
-            uid: 0,
-            gid: 0,
-            nlink: 1,
-            size: 0,
-            blocks: 1,
-            atime: t,
-            mtime: t,
-            ctime: t,
-            major: 0,
-            minor: 0,
-            goal_meta: num.addr,
-            goal_data: num.addr,
-            generation: 0,
-            flags: 0,
-            payload_format: 0,
-            height: 0,
-            depth: 0,
-            entries: 0,
-            eattr: 0,
-        }
+        dir::new_dinode(num, mode, NOW)
     }
 
     fn add_entry(&mut self, parent: u64, name: &str, inum: Inum, de_type: u16) -> Result<()> {

@@ -18,7 +18,7 @@ use zerocopy::FromBytes;
 use crate::check::Fsck;
 use crate::file::{read_file, write_file_prefix};
 use crate::report::Fix;
-use crate::volume::{fatal, header_fields, read_rgrp_raw, Result, Rgrp, Volume};
+use crate::volume::{fatal, read_rgrp_raw, Result, Rgrp, Volume};
 
 /// The groups found by following `rg_skip` from the first header.
 fn header_chain(vol: &Volume) -> Vec<Rindex> {
@@ -144,7 +144,7 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
                 RgrpHeader::empty(ri, skip)
             }
             Ok(()) => {
-                let mut h = header_fields(&raw);
+                let mut h = raw.fields();
                 let stored = raw.rg_crc.get();
                 let computed = raw.compute_crc();
                 if stored != 0 && stored != computed && fs.problem(&object, format!("rg_crc is {stored:#010x}, the header's checksum is {computed:#010x}"), Fix::Safe) {

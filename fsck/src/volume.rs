@@ -270,21 +270,6 @@ pub fn read_rgrp_raw(vol: &Volume, ri: &Rindex) -> Result<(Vec<u8>, Vec<Vec<u8>>
     Ok((bitmap, blocks))
 }
 
-/// A header that decodes from its raw bytes without checking the checksum
-/// (fsck reports a stale checksum separately).
-pub fn header_fields(raw: &rgfs::format::rgrp::RawRgrp) -> RgrpHeader {
-    RgrpHeader {
-        flags: raw.rg_flags.get(),
-        free: raw.rg_free.get(),
-        dinodes: raw.rg_dinodes.get(),
-        skip: raw.rg_skip.get(),
-        igeneration: raw.rg_igeneration.get(),
-        data0: raw.rg_data0.get(),
-        data: raw.rg_data.get(),
-        bitbytes: raw.rg_bitbytes.get(),
-    }
-}
-
 /// Loads every group of `rindex` trusting what is on disk (the populator
 /// uses this on images it just made; fsck uses the resource group pass).
 pub fn load_rgrps_trusting(vol: &mut Volume, rindex: &[Rindex]) -> Result<()> {
@@ -294,7 +279,7 @@ pub fn load_rgrps_trusting(vol: &mut Volume, rindex: &[Rindex]) -> Result<()> {
         let raw = RgrpHeader::raw(&blocks[0]).map_err(|e| FsckError::Fatal(e.to_string()))?;
         vol.rgrps.push(Rgrp {
             ri: *ri,
-            header: header_fields(raw),
+            header: raw.fields(),
             bitmap,
             dirty: false,
         });
