@@ -214,6 +214,9 @@ fn put(buf: &mut [u8], at: usize, width: usize, value: u64) {
 }
 
 fn parse_value(s: &str) -> u64 {
+    if let Some(neg) = s.strip_prefix('-') {
+        return (parse_value(neg) as i64).wrapping_neg() as u64;
+    }
     if let Some(h) = s.strip_prefix("0x") {
         u64::from_str_radix(h, 16).unwrap()
     } else if let Some(o) = s.strip_prefix("0o") {
@@ -427,6 +430,18 @@ pub fn corrupt(dev: &dyn BlockDevice, command: &str) {
                 _ => panic!("statfs field {f}"),
             }
             write_file_prefix(&vol, e.inum.addr, &st.to_bytes()).unwrap();
+        }
+        ["statfs-change", jid, f, v] => {
+            let addr = img.lookup(&vol, &format!("master:/per_node/statfs_change{jid}"));
+            let bytes = read_file(&vol, addr).unwrap();
+            let mut st = StatfsChange::decode(&bytes).unwrap();
+            let v = parse_value(v) as i64;
+            match *f {
+                "free" => st.free = v,
+                "dinodes" => st.dinodes = v,
+                _ => panic!("statfs_change field {f}"),
+            }
+            write_file_prefix(&vol, addr, &st.to_bytes()).unwrap();
         }
         ["journal", jid, "header", which, f, v, rest @ ..] => {
             let (map, head) = journal(&img, &vol, jid);
