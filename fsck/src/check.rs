@@ -100,6 +100,8 @@ pub struct Fsck<'a> {
     pub links: Vec<Link>,
     pub lost_found: Option<u64>,
     pub next_formal: u64,
+    /// Small system files to make again after pass 1.
+    pub rebuilds: Vec<system::Rebuild>,
     /// Journals that could not be mapped before pass 1 (jid, inode).
     pub broken_journals: Vec<(u32, u64)>,
     /// Blocks pass 1 looked at and refused as inodes (reported once).
@@ -160,6 +162,7 @@ fn run(dev: &dyn BlockDevice, opts: &Options, report: &mut Report, progress: Pro
         next_formal: 1,
         rejected: Default::default(),
         broken_journals: Vec::new(),
+        rebuilds: Vec::new(),
         progress,
     };
     let result = fs.run_passes();
@@ -199,6 +202,10 @@ impl<'a> Fsck<'a> {
         pass1::run(self)?;
         self.report.set_pass(Pass::Pass1b);
         pass1b::run(self)?;
+        if !self.rebuilds.is_empty() {
+            self.report.set_pass(Pass::SystemFiles);
+            system::rebuild(self)?;
+        }
         if !self.broken_journals.is_empty() {
             self.report.set_pass(Pass::Journals);
             journals::rebuild_broken(self)?;
@@ -225,8 +232,7 @@ impl<'a> Fsck<'a> {
 
     /// Records that `owner` uses `block`; a second claim goes to `dups`.
     pub fn claim(&mut self, block: u64, usage: Use, owner: u64) {
-        if let Err(first) = self.map.insert(block, usage, owner) {
-            let _ = first;
+        if self.map.insert(block, usage, owner).is_err() {
             self.dups.push((block, Claim { owner, usage }));
         }
     }

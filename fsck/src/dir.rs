@@ -144,7 +144,7 @@ fn collect(area: &[u8], out: &mut Vec<Entry>) {
         let raw = RawDirent::ref_from_prefix(&area[off..]).expect("40 bytes").0;
         let rec_len = raw.de_rec_len.get() as usize;
         let name_len = raw.de_name_len.get() as usize;
-        if rec_len < DIRENT_HEADER_SIZE || rec_len % 8 != 0 || off + rec_len > area.len() {
+        if rec_len < DIRENT_HEADER_SIZE || !rec_len.is_multiple_of(8) || off + rec_len > area.len() {
             break;
         }
         let inum = Inum::from(&raw.de_inum);

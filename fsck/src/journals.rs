@@ -20,6 +20,7 @@ use crate::volume::Result;
 /// What a scan of every block of a journal found.
 #[derive(Default)]
 struct Scan {
+    /// Valid log headers.
     headers: u32,
     /// Blocks typed as log headers that do not verify (or sit at the
     /// wrong position).
@@ -157,11 +158,11 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
                 rewrite = true;
             }
         }
+        fs.report.info(format!("{object}: {} valid log headers, head at journal block {}", s.headers, head.lblock));
         if rewrite && fs.vol.writable {
             reinitialize(fs, jid, &map, s.max_sequence + 2)?;
             fs.report.note(&object, "rewritten as a clean, empty log");
         }
-        let _ = s.headers;
     }
     fs.progress.finish();
     Ok(())

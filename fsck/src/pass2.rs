@@ -72,9 +72,6 @@ fn entry_object(dir: u64, name: &[u8]) -> String {
 }
 
 fn check_dir(fs: &mut Fsck, dir: u64) -> Result<()> {
-    let block = fs.vol.read(dir)?;
-    let raw = *rgfs::format::dinode::RawDinode::ref_from_prefix(&block).expect("dinode").0;
-    let _ = raw;
     // Pass 1 read (and sized) the hash table of every exhash directory it
     // kept; the depth follows from it, not from a possibly bad di_depth.
     let exhash = fs.tables.get(&dir).map(|t| t.ptrs.len());
@@ -288,7 +285,7 @@ fn check_area(fs: &mut Fsck, dir: u64, blk: u64, start: usize, leaf: Option<(usi
     let mut buf = fs.vol.read(blk)?;
     let obj = if blk == dir { object(dir) } else { format!("directory {dir} leaf {blk}") };
     let mut write = false;
-    let offsets = salvage(fs, &obj, &mut buf[start..], &mut write);
+    let offsets = salvage(&mut |msg, fix| fs.problem(&obj, msg, fix), &mut buf[start..], &mut write);
     let area_len = buf.len() - start;
     let mut deletes: Vec<usize> = Vec::new();
     let mut used = 0u32;
@@ -351,15 +348,14 @@ fn check_area(fs: &mut Fsck, dir: u64, blk: u64, start: usize, leaf: Option<(usi
         }
         if let Some((first, end, depth)) = leaf {
             let idx = hash_index(hash, depth);
-            if !(first..end).contains(&idx) {
-                if fs.problem(&eo, format!("is in leaf {blk}, but its hash belongs to table index {idx}: moved"), Fix::Risky) {
+            if !(first..end).contains(&idx)
+                && fs.problem(&eo, format!("is in leaf {blk}, but its hash belongs to table index {idx}: moved"), Fix::Risky) {
                     write = true;
                     state.moved.push((name.clone(), inum, h.de_type.get()));
                     deletes.push(k);
                     state.names.insert(name);
                     continue;
                 }
-            }
         }
         // The target.
         let mut target = inum.addr;
@@ -459,7 +455,7 @@ fn plausible(area: &[u8], off: usize) -> bool {
     let rec_len = h.de_rec_len.get() as usize;
     let name_len = h.de_name_len.get() as usize;
     rec_len >= DIRENT_HEADER_SIZE
-        && rec_len % 8 == 0
+        && rec_len.is_multiple_of(8)
         && off + rec_len <= area.len()
         && name_len > 0
         && DIRENT_HEADER_SIZE + name_len <= rec_len
@@ -474,7 +470,11 @@ fn next_plausible(area: &[u8], from: usize) -> Option<usize> {
 
 /// Makes the area's entries tile it, repairing in memory, and returns the
 /// offset of every entry (the first may be unused).
-fn salvage(fs: &mut Fsck, obj: &str, area: &mut [u8], write: &mut bool) -> Vec<usize> {
+///
+/// `report(message, fix)` records a problem and says whether to repair it
+/// (the area is repaired in memory either way; `write` says whether the
+/// block may be written back).
+fn salvage(report: &mut dyn FnMut(String, Fix) -> bool, area: &mut [u8], write: &mut bool) -> Vec<usize> {
     let len = area.len();
     let mut offsets: Vec<usize> = Vec::new();
     let mut off = 0usize;
@@ -482,7 +482,7 @@ fn salvage(fs: &mut Fsck, obj: &str, area: &mut [u8], write: &mut bool) -> Vec<u
         if len - off < DIRENT_HEADER_SIZE {
             // A tail too short for an entry: the previous entry takes it.
             if let Some(&prev) = offsets.last() {
-                if fs.problem(obj, format!("{} bytes at offset {off} are too short for an entry: given to the previous entry", len - off), Fix::Safe) {
+                if report(format!("{} bytes at offset {off} are too short for an entry: given to the previous entry", len - off), Fix::Safe) {
                     *write = true;
                 }
                 let raw = RawDirent::mut_from_prefix(&mut area[prev..]).expect("dirent").0;
@@ -494,13 +494,13 @@ fn salvage(fs: &mut Fsck, obj: &str, area: &mut [u8], write: &mut bool) -> Vec<u
         let rec_len = h.de_rec_len.get() as usize;
         let name_len = h.de_name_len.get() as usize;
         let used = !Inum::from(&h.de_inum).is_zero();
-        let tiles = rec_len >= DIRENT_HEADER_SIZE && rec_len % 8 == 0 && off + rec_len <= len && DIRENT_HEADER_SIZE + name_len <= rec_len;
-        let rec_ok = rec_len >= DIRENT_HEADER_SIZE && rec_len % 8 == 0 && off + rec_len <= len;
+        let tiles = rec_len >= DIRENT_HEADER_SIZE && rec_len.is_multiple_of(8) && off + rec_len <= len && DIRENT_HEADER_SIZE + name_len <= rec_len;
+        let rec_ok = rec_len >= DIRENT_HEADER_SIZE && rec_len.is_multiple_of(8) && off + rec_len <= len;
         if rec_ok && used && DIRENT_HEADER_SIZE + name_len > rec_len {
             // Only the name length is impossible: the hash tells the real one.
             let name = &area[off + DIRENT_HEADER_SIZE..off + rec_len];
             if let Some(l) = (1..=name.len().min(FNAMESIZE)).find(|&l| disk_hash(&name[..l]) == h.de_hash.get()) {
-                if fs.problem(obj, format!("entry at offset {off} has de_name_len {name_len}, longer than the entry; its hash says {l}"), Fix::Risky) {
+                if report(format!("entry at offset {off} has de_name_len {name_len}, longer than the entry; its hash says {l}"), Fix::Risky) {
                     *write = true;
                 }
                 let raw = RawDirent::mut_from_prefix(&mut area[off..]).expect("dirent").0;
@@ -513,7 +513,7 @@ fn salvage(fs: &mut Fsck, obj: &str, area: &mut [u8], write: &mut bool) -> Vec<u
             if own_ok {
                 // Only rec_len is wrong: the entry reaches the next good one.
                 let end = next_plausible(area, off + dirent_size(name_len)).unwrap_or(len);
-                if fs.problem(obj, format!("entry at offset {off} has de_rec_len {rec_len}; set to {}", end - off), Fix::Risky) {
+                if report(format!("entry at offset {off} has de_rec_len {rec_len}; set to {}", end - off), Fix::Risky) {
                     *write = true;
                 }
                 let raw = RawDirent::mut_from_prefix(&mut area[off..]).expect("dirent").0;
@@ -521,7 +521,7 @@ fn salvage(fs: &mut Fsck, obj: &str, area: &mut [u8], write: &mut bool) -> Vec<u
                 continue;
             }
             let end = next_plausible(area, off + 8).unwrap_or(len);
-            if fs.problem(obj, format!("bytes {off}..{end} hold no readable entry: dropped"), Fix::Risky) {
+            if report(format!("bytes {off}..{end} hold no readable entry: dropped"), Fix::Risky) {
                 *write = true;
             }
             match offsets.last() {
@@ -541,7 +541,7 @@ fn salvage(fs: &mut Fsck, obj: &str, area: &mut [u8], write: &mut bool) -> Vec<u
         }
         if !used && off != 0 {
             if let Some(&prev) = offsets.last() {
-                if fs.problem(obj, format!("unused entry at offset {off} is not the first of its block: merged"), Fix::Safe) {
+                if report(format!("unused entry at offset {off} is not the first of its block: merged"), Fix::Safe) {
                     *write = true;
                 }
                 let raw = RawDirent::mut_from_prefix(&mut area[prev..]).expect("dirent").0;
@@ -554,4 +554,103 @@ fn salvage(fs: &mut Fsck, obj: &str, area: &mut [u8], write: &mut bool) -> Vec<u
         off += rec_len;
     }
     offsets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rgfs::format::dirent::{init_dir, insert};
+
+    /// The area tiles: rec_lens from 0 reach the end exactly, each sane,
+    /// and only the first entry may be unused.
+    fn tiles(area: &[u8]) -> Result<(), String> {
+        let mut off = 0;
+        while off < area.len() {
+            let h = RawDirent::ref_from_prefix(&area[off..]).map_err(|_| format!("short tail at {off}"))?.0;
+            let rec = h.de_rec_len.get() as usize;
+            if rec < DIRENT_HEADER_SIZE || !rec.is_multiple_of(8) || off + rec > area.len() {
+                return Err(format!("bad rec_len {rec} at {off}"));
+            }
+            if !Inum::from(&h.de_inum).is_zero() && DIRENT_HEADER_SIZE + h.de_name_len.get() as usize > rec {
+                return Err(format!("name does not fit at {off}"));
+            }
+            if off != 0 && Inum::from(&h.de_inum).is_zero() {
+                return Err(format!("unused entry at {off}"));
+            }
+            off += rec;
+        }
+        Ok(())
+    }
+
+    fn directory(names: &[String]) -> Vec<u8> {
+        let mut area = vec![0u8; 3864];
+        init_dir(&mut area, Inum::new(1, 100), Inum::new(1, 100), dt::DIR);
+        for (i, n) in names.iter().enumerate() {
+            insert(&mut area, Inum::new(10 + i as u64, 1000 + i as u64), n.as_bytes(), dt::REG).unwrap();
+        }
+        area
+    }
+
+    #[test]
+    fn a_sound_area_is_left_alone() {
+        let names: Vec<String> = (0..30).map(|i| format!("name-{i}")).collect();
+        let mut area = directory(&names);
+        let before = area.clone();
+        let mut problems = 0;
+        let mut write = false;
+        let offsets = salvage(&mut |_, _| { problems += 1; true }, &mut area, &mut write);
+        assert_eq!((problems, write, offsets.len()), (0, false, 32));
+        assert_eq!(area, before);
+    }
+
+    proptest! {
+        /// Whatever bytes are damaged, salvage leaves an area that tiles.
+        /// An entry whose header and name were not touched keeps its place
+        /// and name; and when no `rec_len` was damaged (a damaged but
+        /// plausible `rec_len` can swallow the entries after it, which no
+        /// checker can tell), every such entry is still found.
+        #[test]
+        fn salvage_always_tiles(
+            names in proptest::collection::vec("[a-z]{1,30}", 1..60),
+            damage in proptest::collection::vec((0usize..3864, any::<u8>()), 1..12),
+        ) {
+            let mut names = names;
+            names.sort();
+            names.dedup();
+            let mut area = directory(&names);
+            let mut rec_len_hit = false;
+            let intact: Vec<(usize, Vec<u8>)> = {
+                let mut v = Vec::new();
+                let mut off = 0;
+                while off < area.len() {
+                    let h = RawDirent::ref_from_prefix(&area[off..]).unwrap().0;
+                    let end = off + DIRENT_HEADER_SIZE + h.de_name_len.get() as usize;
+                    rec_len_hit |= damage.iter().any(|&(at, _)| (off + 20..off + 22).contains(&at));
+                    if !damage.iter().any(|&(at, _)| (off..end).contains(&at)) {
+                        v.push((off, area[off + DIRENT_HEADER_SIZE..end].to_vec()));
+                    }
+                    off += h.de_rec_len.get() as usize;
+                }
+                v
+            };
+            for &(at, byte) in &damage {
+                area[at] ^= byte | 1;
+            }
+            let mut write = false;
+            let offsets = salvage(&mut |_, _| true, &mut area, &mut write);
+            prop_assert!(tiles(&area).is_ok(), "{:?}", tiles(&area));
+            for (off, name) in intact {
+                // An untouched entry may only have been merged into by an
+                // earlier damaged one; its own header survives in place.
+                let h = RawDirent::ref_from_prefix(&area[off..]).unwrap().0;
+                let here = &area[off + DIRENT_HEADER_SIZE..off + DIRENT_HEADER_SIZE + h.de_name_len.get() as usize];
+                if offsets.contains(&off) {
+                    prop_assert_eq!(here, &name[..]);
+                } else {
+                    prop_assert!(rec_len_hit, "intact entry at {} lost", off);
+                }
+            }
+        }
+    }
 }

@@ -7,7 +7,6 @@
 use rgfs::format::bitmap;
 use rgfs::format::BlockState;
 
-use crate::blockmap::Use;
 use crate::check::Fsck;
 use crate::report::{Fix, MAX_LINES_PER_KIND};
 use crate::volume::Result;
@@ -25,7 +24,6 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
             for b in start..start + len {
                 bitmap::set(&mut want, (b - ri.data0) as u32, state);
             }
-            let _ = Use::Data;
         }
         let mut differ = 0u64;
         let have = fs.vol.rgrps[i].bitmap.clone();

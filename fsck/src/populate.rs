@@ -263,7 +263,9 @@ impl<'a> Populator<'a> {
         let bsize = self.vol.bsize();
         let payload = bsize - META_HEADER_SIZE;
         // Pack records into blocks, first fit in order.
-        let mut blocks: Vec<Vec<(usize, u8, &str, &[u8])>> = vec![Vec::new()];
+        // Per EA block: (record size, type, name, value) of each record.
+        type Record<'r> = (usize, u8, &'r str, &'r [u8]);
+        let mut blocks: Vec<Vec<Record>> = vec![Vec::new()];
         let mut used = 0usize;
         for &(ty, name, value) in attrs {
             assert!(ty != eatype::UNUSED && !name.is_empty() && name.len() <= 255);

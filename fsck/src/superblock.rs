@@ -7,7 +7,6 @@
 //! reads `fsck_*` so a mount attempt is refused (as fsck.gfs2 does).
 
 use rgfs::format::consts::{dif, MetaType, FS_FORMAT, FS_FORMAT_MIN, LOCKNAME_LEN, MULTIHOST_FORMAT, SB_OFFSET_BYTES};
-use rgfs::format::dinode::RawDinode;
 use rgfs::format::meta::{block_type, Inum};
 use rgfs::format::superblock::{check_block_size, RawSuperblock};
 use rgfs::format::{Dinode, Geometry, OnDisk, RgrpHeader, Rindex, Superblock};
@@ -219,7 +218,6 @@ fn rebuild(dev: &dyn BlockDevice, raw: &RawSuperblock, report: &mut Report, writ
         fix(report, format!("sb_lockproto is not a NUL-terminated name; set to {guess}"), Fix::Risky);
         guess.to_string()
     });
-    let _ = RawDinode::ref_from_prefix;
     Ok(Superblock {
         fs_format,
         multihost_format: MULTIHOST_FORMAT,

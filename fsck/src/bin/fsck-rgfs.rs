@@ -27,7 +27,7 @@ struct Cli {
     auto: bool,
     /// Force a check (fsck.rgfs always checks everything; accepted for fsck(8)).
     #[arg(short = 'f')]
-    force: bool,
+    _force: bool,
     /// Say what each pass does.
     #[arg(short = 'v')]
     verbose: bool,
@@ -66,7 +66,6 @@ fn main() {
         }
         Mode::No
     };
-    let _ = cli.force;
     let device = cli.device.display().to_string();
     if let Some(point) = rgfs_fsck::mounted::mount_point(&cli.device) {
         if mode.writes() {

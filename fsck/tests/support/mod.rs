@@ -10,11 +10,10 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use rgfs::format::checksum::disk_hash;
-use rgfs::format::consts::{lh, s_if, MetaType, SB_OFFSET_BYTES};
-use rgfs::format::dinode::RawDinode;
+use rgfs::format::consts::{lh, s_if, SB_OFFSET_BYTES};
 use rgfs::format::dirent::{RawDirent, DIRENT_HEADER_SIZE};
 use rgfs::format::log::{log_header_crc, RawLogHeader, LOG_DESCRIPTOR_SIZE};
-use rgfs::format::meta::{init_block, pointer_at, set_pointer, Inum, META_HEADER_SIZE};
+use rgfs::format::meta::{pointer_at, set_pointer, META_HEADER_SIZE};
 use rgfs::format::rgrp::{RawRgrp, RINDEX_SIZE};
 use rgfs::format::{DescriptorKind, Dinode, LogDescriptor, LogHeader, OnDisk, StatfsChange, DINODE_SIZE, LEAF_HEADER_SIZE};
 use rgfs::journal::{find_head, JournalMap};
@@ -24,7 +23,7 @@ use rgfs_fsck::file::{read_file, write_file_prefix};
 use rgfs_fsck::populate::{standard_content, Populator};
 use rgfs_fsck::volume::Volume;
 use rgfs_fsck::{check, ExitCode, Mode, Options};
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::FromBytes;
 
 pub const IMAGE_BYTES: u64 = 160 << 20;
 
@@ -595,7 +594,6 @@ pub fn survivors(dev: &dyn BlockDevice) -> BTreeMap<u64, (u32, u32, u64)> {
             }
         }
     }
-    let _ = (Inum::default(), MetaType::Dinode, init_block, RawDinode::ref_from_prefix, IntoBytes::as_bytes(&[0u8][..]));
     out
 }
 
