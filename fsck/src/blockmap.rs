@@ -152,7 +152,13 @@ impl BlockMap {
         self.blocks -= 1;
         self.extents.remove(&start);
         if block > start {
-            self.extents.insert(start, Extent { len: block - start, ..e });
+            self.extents.insert(
+                start,
+                Extent {
+                    len: block - start,
+                    ..e
+                },
+            );
         }
         let after = start + e.len - (block + 1);
         if after > 0 {

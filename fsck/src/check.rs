@@ -29,7 +29,9 @@ use crate::options::{Mode, Options};
 use crate::progress::Progress;
 use crate::report::{Echo, ExitCode, Fix, Pass, Report};
 use crate::volume::{FsckError, Result, Volume};
-use crate::{journals, pass1, pass1b, pass2, pass3, pass4, pass5, rgrps, statfs, superblock, system};
+use crate::{
+    journals, pass1, pass1b, pass2, pass3, pass4, pass5, rgrps, statfs, superblock, system,
+};
 
 /// What pass 1 learnt about an inode it keeps.
 #[derive(Clone, Debug, Default)]
@@ -100,7 +102,9 @@ pub struct Fsck<'a> {
     pub links: Vec<Link>,
     pub lost_found: Option<u64>,
     pub next_formal: u64,
-    /// Small system files to make again after pass 1.
+    /// The groups in use when the rindex could not be read before pass 1.
+    pub unread_rindex: Option<Vec<rgfs::format::Rindex>>,
+    /// Small system files to make again after pass 2.
     pub rebuilds: Vec<system::Rebuild>,
     /// Journals that could not be mapped before pass 1 (jid, inode).
     pub broken_journals: Vec<(u32, u64)>,
@@ -138,7 +142,12 @@ pub fn check(dev: &dyn BlockDevice, opts: &Options, echo: Option<Echo>) -> Outco
     }
 }
 
-fn run(dev: &dyn BlockDevice, opts: &Options, report: &mut Report, progress: Progress) -> Result<()> {
+fn run(
+    dev: &dyn BlockDevice,
+    opts: &Options,
+    report: &mut Report,
+    progress: Progress,
+) -> Result<()> {
     report.set_pass(Pass::Superblock);
     let sb = superblock::run(dev, report)?;
     let geom = Geometry::new(sb.bsize).map_err(|e| FsckError::Fatal(e.to_string()))?;
@@ -163,6 +172,7 @@ fn run(dev: &dyn BlockDevice, opts: &Options, report: &mut Report, progress: Pro
         rejected: Default::default(),
         broken_journals: Vec::new(),
         rebuilds: Vec::new(),
+        unread_rindex: None,
         progress,
     };
     let result = fs.run_passes();
@@ -196,22 +206,25 @@ impl<'a> Fsck<'a> {
         journals::run(self)?;
         self.report.set_pass(Pass::ResourceGroups);
         rgrps::run(self)?;
-        self.report.set_pass(Pass::SystemFiles);
-        system::check_layout(self)?;
         self.report.set_pass(Pass::Pass1);
         pass1::run(self)?;
+        // After pass 1 has repaired the system inodes' fields.
+        self.report.set_pass(Pass::SystemFiles);
+        system::check_layout(self)?;
+        rgrps::recheck_rindex(self)?;
         self.report.set_pass(Pass::Pass1b);
         pass1b::run(self)?;
-        if !self.rebuilds.is_empty() {
-            self.report.set_pass(Pass::SystemFiles);
-            system::rebuild(self)?;
-        }
         if !self.broken_journals.is_empty() {
             self.report.set_pass(Pass::Journals);
             journals::rebuild_broken(self)?;
         }
         self.report.set_pass(Pass::Pass2);
         pass2::run(self)?;
+        if !self.rebuilds.is_empty() {
+            // After pass 2 has repaired the directories they go into.
+            self.report.set_pass(Pass::SystemFiles);
+            system::rebuild(self)?;
+        }
         self.report.set_pass(Pass::Pass3);
         pass3::run(self)?;
         self.report.set_pass(Pass::Pass4);
@@ -239,7 +252,11 @@ impl<'a> Fsck<'a> {
 
     /// Reads, edits and writes back the dinode at `addr`. Call only when a
     /// repair was allowed.
-    pub fn edit_dinode(&mut self, addr: u64, edit: impl FnOnce(&mut rgfs::format::dinode::RawDinode)) -> Result<()> {
+    pub fn edit_dinode(
+        &mut self,
+        addr: u64,
+        edit: impl FnOnce(&mut rgfs::format::dinode::RawDinode),
+    ) -> Result<()> {
         let mut block = self.vol.read(addr)?;
         edit(dinode_mut(&mut block));
         self.vol.write(addr, &block)
@@ -277,9 +294,14 @@ impl<'a> Fsck<'a> {
     /// one more link. Call only when repairs are allowed.
     pub fn link_into(&mut self, dir: u64, name: &[u8], target: u64) -> Result<()> {
         let inum = self.inum(target);
-        let de_type = self.inodes.get(&target).map_or(dt::REG, InodeInfo::dirent_type);
+        let de_type = self
+            .inodes
+            .get(&target)
+            .map_or(dt::REG, InodeInfo::dirent_type);
         let map = &self.map;
-        let got = dir::insert(&mut self.vol, dir, name, inum, de_type, &|b| map.get(b).is_none())?;
+        let got = dir::insert(&mut self.vol, dir, name, inum, de_type, &|b| {
+            map.get(b).is_none()
+        })?;
         for (b, usage) in got {
             self.claim(b, usage, dir);
         }
@@ -296,7 +318,9 @@ impl<'a> Fsck<'a> {
                     o.refs = o.refs.saturating_sub(1);
                 }
             } else {
-                let got = dir::insert(&mut self.vol, target, b"..", parent, dt::DIR, &|b| map_free(&self.map, b))?;
+                let got = dir::insert(&mut self.vol, target, b"..", parent, dt::DIR, &|b| {
+                    map_free(&self.map, b)
+                })?;
                 for (b, usage) in got {
                     self.claim(b, usage, target);
                 }
@@ -330,12 +354,22 @@ impl<'a> Fsck<'a> {
             return Ok(None);
         }
         let map = &self.map;
-        let Some(addr) = self.vol.alloc(root, BlockState::Dinode, &|b| map.get(b).is_none()) else {
+        let Some(addr) = self
+            .vol
+            .alloc(root, BlockState::Dinode, &|b| map.get(b).is_none())
+        else {
             return Ok(None);
         };
         let formal = self.new_formal();
         let this = Inum::new(formal, addr);
-        let block = dir::new_dir_block(&self.vol, this, self.inum(root), s_if::DIR | 0o700, 0, now());
+        let block = dir::new_dir_block(
+            &self.vol,
+            this,
+            self.inum(root),
+            s_if::DIR | 0o700,
+            0,
+            now(),
+        );
         self.vol.write(addr, &block)?;
         self.map.insert(addr, Use::Dinode, addr).ok();
         self.inodes.insert(
@@ -356,7 +390,9 @@ impl<'a> Fsck<'a> {
             r.refs += 1;
         }
         let map = &self.map;
-        let got = dir::insert(&mut self.vol, root, b"lost+found", this, dt::DIR, &|b| map.get(b).is_none())?;
+        let got = dir::insert(&mut self.vol, root, b"lost+found", this, dt::DIR, &|b| {
+            map.get(b).is_none()
+        })?;
         for (b, usage) in got {
             self.claim(b, usage, root);
         }
@@ -365,7 +401,8 @@ impl<'a> Fsck<'a> {
             r.nlink += 1;
         }
         self.edit_dinode(root, |raw| raw.di_nlink = (raw.di_nlink.get() + 1).into())?;
-        self.report.note("lost+found", format!("created as inode {addr}"));
+        self.report
+            .note("lost+found", format!("created as inode {addr}"));
         self.lost_found = Some(addr);
         Ok(Some(addr))
     }
@@ -382,7 +419,12 @@ impl<'a> Fsck<'a> {
     }
 
     /// Reports a problem; shorthand used by every pass.
-    pub fn problem(&mut self, object: impl std::fmt::Display, message: impl std::fmt::Display, fix: Fix) -> bool {
+    pub fn problem(
+        &mut self,
+        object: impl std::fmt::Display,
+        message: impl std::fmt::Display,
+        fix: Fix,
+    ) -> bool {
         self.report.problem(object, message, fix)
     }
 }

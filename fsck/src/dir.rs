@@ -37,11 +37,15 @@ pub struct Entry {
 
 /// A mutable view of the dinode at the start of `block`.
 pub fn dinode_mut(block: &mut [u8]) -> &mut RawDinode {
-    RawDinode::mut_from_prefix(block).expect("a block holds a dinode").0
+    RawDinode::mut_from_prefix(block)
+        .expect("a block holds a dinode")
+        .0
 }
 
 pub fn leaf_mut(block: &mut [u8]) -> &mut RawLeaf {
-    RawLeaf::mut_from_prefix(block).expect("a block holds a leaf header").0
+    RawLeaf::mut_from_prefix(block)
+        .expect("a block holds a leaf header")
+        .0
 }
 
 /// Index of the hash table pointer for `hash` in a table of depth `depth`.
@@ -66,13 +70,19 @@ pub fn read_hash_table(vol: &Volume, block: &[u8]) -> Result<HashTable> {
     let d = Dinode::decode(block).map_err(|e| crate::volume::FsckError::Fatal(e.to_string()))?;
     let size = 8u64 << d.depth;
     if d.size != size {
-        return fatal(format!("directory {}: di_size {} is not 8 * 2^di_depth", d.num.addr, d.size));
+        return fatal(format!(
+            "directory {}: di_size {} is not 8 * 2^di_depth",
+            d.num.addr, d.size
+        ));
     }
     let mut bytes = Vec::with_capacity(size as usize);
     let mut blocks = Vec::new();
     if d.height == 0 {
         if size > vol.geom.max_stuffed() {
-            return fatal(format!("directory {}: stuffed hash table larger than the block", d.num.addr));
+            return fatal(format!(
+                "directory {}: stuffed hash table larger than the block",
+                d.num.addr
+            ));
         }
         bytes.extend_from_slice(&block[DINODE_SIZE..DINODE_SIZE + size as usize]);
     } else {
@@ -83,7 +93,10 @@ pub fn read_hash_table(vol: &Volume, block: &[u8]) -> Result<HashTable> {
             .map_err(|e| crate::volume::FsckError::Fatal(e.to_string()))?;
         for (i, b) in list.into_iter().enumerate() {
             let Some(b) = b else {
-                return fatal(format!("directory {}: hole in the hash table at block {i}", d.num.addr));
+                return fatal(format!(
+                    "directory {}: hole in the hash table at block {i}",
+                    d.num.addr
+                ));
             };
             let buf = vol.read(b)?;
             let payload = payload_of(&buf, MetaType::Jdata)
@@ -141,10 +154,13 @@ pub fn leaves(vol: &Volume, table: &HashTable) -> Vec<u64> {
 fn collect(area: &[u8], out: &mut Vec<Entry>) {
     let mut off = 0;
     while off + DIRENT_HEADER_SIZE <= area.len() {
-        let raw = RawDirent::ref_from_prefix(&area[off..]).expect("40 bytes").0;
+        let raw = RawDirent::ref_from_prefix(&area[off..])
+            .expect("40 bytes")
+            .0;
         let rec_len = raw.de_rec_len.get() as usize;
         let name_len = raw.de_name_len.get() as usize;
-        if rec_len < DIRENT_HEADER_SIZE || !rec_len.is_multiple_of(8) || off + rec_len > area.len() {
+        if rec_len < DIRENT_HEADER_SIZE || !rec_len.is_multiple_of(8) || off + rec_len > area.len()
+        {
             break;
         }
         let inum = Inum::from(&raw.de_inum);
@@ -192,7 +208,13 @@ pub fn lookup(vol: &Volume, addr: u64, name: &[u8]) -> Result<Option<Entry>> {
 /// block map.
 pub type Allocated = Vec<(u64, Use)>;
 
-fn alloc(vol: &mut Volume, near: u64, usable: &dyn Fn(u64) -> bool, usage: Use, got: &mut Allocated) -> Result<u64> {
+fn alloc(
+    vol: &mut Volume,
+    near: u64,
+    usable: &dyn Fn(u64) -> bool,
+    usage: Use,
+    got: &mut Allocated,
+) -> Result<u64> {
     match vol.alloc(near, BlockState::Used, usable) {
         Some(b) => {
             got.push((b, usage));
@@ -231,7 +253,8 @@ pub fn insert(
 ) -> Result<Allocated> {
     let mut got = Allocated::new();
     let mut block = vol.read(dir)?;
-    let d = Dinode::decode(&block).map_err(|e| crate::volume::FsckError::Fatal(format!("directory {dir}: {e}")))?;
+    let d = Dinode::decode(&block)
+        .map_err(|e| crate::volume::FsckError::Fatal(format!("directory {dir}: {e}")))?;
     if !d.is_exhash() {
         let area = &mut block[DINODE_SIZE..];
         let placed = dirent::insert(area, inum, name, de_type)
@@ -262,14 +285,17 @@ fn convert_to_exhash(
     let mut leaf = new_leaf(vol, dir, 0, 1);
     let entries = dinode_mut(block).di_entries.get();
     leaf_mut(&mut leaf).lf_entries = (entries as u16).into();
-    leaf[LEAF_HEADER_SIZE..LEAF_HEADER_SIZE + (bsize - DINODE_SIZE)].copy_from_slice(&block[DINODE_SIZE..]);
+    leaf[LEAF_HEADER_SIZE..LEAF_HEADER_SIZE + (bsize - DINODE_SIZE)]
+        .copy_from_slice(&block[DINODE_SIZE..]);
     // The last dirent grows by the difference of the two header sizes.
     let area = &mut leaf[LEAF_HEADER_SIZE..];
     let mut last = 0;
     for d in dirent::dirents(area).flatten() {
         last = d.offset;
     }
-    let raw = RawDirent::mut_from_prefix(&mut area[last..]).expect("dirent").0;
+    let raw = RawDirent::mut_from_prefix(&mut area[last..])
+        .expect("dirent")
+        .0;
     raw.de_rec_len = (raw.de_rec_len.get() + (DINODE_SIZE - LEAF_HEADER_SIZE) as u16).into();
     vol.write(leaf_addr, &leaf)?;
     let nptrs = bsize / 16;
@@ -312,7 +338,8 @@ fn exhash_insert(
         let mut last_in_chain;
         loop {
             let mut leaf = vol.read(leaf_addr)?;
-            let lf = Leaf::decode(&leaf).map_err(|e| crate::volume::FsckError::Fatal(format!("leaf {leaf_addr}: {e}")))?;
+            let lf = Leaf::decode(&leaf)
+                .map_err(|e| crate::volume::FsckError::Fatal(format!("leaf {leaf_addr}: {e}")))?;
             let placed = dirent::insert(&mut leaf[LEAF_HEADER_SIZE..], inum, name, de_type)
                 .map_err(|e| crate::volume::FsckError::Fatal(format!("leaf {leaf_addr}: {e}")))?;
             if placed.is_some() {
@@ -332,7 +359,10 @@ fn exhash_insert(
         }
         let (first_leaf, first_lf) = {
             let buf = vol.read(first)?;
-            (first, Leaf::decode(&buf).map_err(|e| crate::volume::FsckError::Fatal(e.to_string()))?)
+            (
+                first,
+                Leaf::decode(&buf).map_err(|e| crate::volume::FsckError::Fatal(e.to_string()))?,
+            )
         };
         if first_lf.depth < depth && first_lf.next == 0 {
             split_leaf(vol, dir, block, &mut table, index, first_leaf, usable, got)?;
@@ -387,7 +417,8 @@ fn split_leaf(
         dirent::insert(&mut new[LEAF_HEADER_SIZE..], e.inum, &e.name, e.de_type)
             .map_err(|e| crate::volume::FsckError::Fatal(e.to_string()))?
             .expect("entries of half a leaf fit in an empty leaf");
-        dirent::remove(&mut old[LEAF_HEADER_SIZE..], &e.name).map_err(|e| crate::volume::FsckError::Fatal(e.to_string()))?;
+        dirent::remove(&mut old[LEAF_HEADER_SIZE..], &e.name)
+            .map_err(|e| crate::volume::FsckError::Fatal(e.to_string()))?;
     }
     let n = moving.len() as u16;
     leaf_mut(&mut new).lf_entries = n.into();
@@ -424,7 +455,9 @@ fn double_table(
     if size > vol.geom.max_stuffed() {
         let need = size.div_ceil(vol.geom.jbsize as u64) as usize;
         if need > vol.geom.diptrs as usize {
-            return fatal(format!("directory {dir}: hash table too large for a tree of height 1"));
+            return fatal(format!(
+                "directory {dir}: hash table too large for a tree of height 1"
+            ));
         }
         while table.blocks.len() < need {
             let b = alloc(vol, dir, usable, Use::DirData, got)?;
@@ -468,10 +501,14 @@ fn edit_entry_area<T>(
     name: &[u8],
     mut edit: impl FnMut(&mut [u8]) -> rgfs::format::Result<Option<T>>,
 ) -> Result<Option<(T, Area)>> {
-    let err = |e: rgfs::format::FormatError| crate::volume::FsckError::Fatal(format!("directory {dir}: {e}"));
+    let err = |e: rgfs::format::FormatError| {
+        crate::volume::FsckError::Fatal(format!("directory {dir}: {e}"))
+    };
     let d = Dinode::decode(block).map_err(err)?;
     if !d.is_exhash() {
-        return Ok(edit(&mut block[DINODE_SIZE..]).map_err(err)?.map(|t| (t, Area::Dinode)));
+        return Ok(edit(&mut block[DINODE_SIZE..])
+            .map_err(err)?
+            .map(|t| (t, Area::Dinode)));
     }
     let table = read_hash_table(vol, block)?;
     let mut leaf_addr = table.ptrs[hash_index(disk_hash(name), d.depth)];
@@ -492,7 +529,9 @@ fn edit_entry_area<T>(
 /// Does not change link counts.
 pub fn remove(vol: &Volume, dir: u64, name: &[u8]) -> Result<Option<Entry>> {
     let mut block = vol.read(dir)?;
-    let Some(((inum, de_type), area)) = edit_entry_area(vol, dir, &mut block, name, |a| dirent::remove(a, name))? else {
+    let Some(((inum, de_type), area)) =
+        edit_entry_area(vol, dir, &mut block, name, |a| dirent::remove(a, name))?
+    else {
         return Ok(None);
     };
     if let Area::Leaf(addr, mut leaf) = area {
@@ -503,13 +542,18 @@ pub fn remove(vol: &Volume, dir: u64, name: &[u8]) -> Result<Option<Entry>> {
     let raw = dinode_mut(&mut block);
     raw.di_entries = raw.di_entries.get().saturating_sub(1).into();
     vol.write(dir, &block)?;
-    Ok(Some(Entry { name: name.to_vec(), inum, de_type }))
+    Ok(Some(Entry {
+        name: name.to_vec(),
+        inum,
+        de_type,
+    }))
 }
 
 /// Rewrites the target of entry `name` in directory `dir`.
 pub fn retarget(vol: &Volume, dir: u64, name: &[u8], inum: Inum, de_type: u16) -> Result<bool> {
     let mut block = vol.read(dir)?;
-    let edit = |a: &mut [u8]| dirent::retarget(a, name, inum, de_type).map(|done| done.then_some(()));
+    let edit =
+        |a: &mut [u8]| dirent::retarget(a, name, inum, de_type).map(|done| done.then_some(()));
     match edit_entry_area(vol, dir, &mut block, name, edit)? {
         None => Ok(false),
         Some(((), Area::Dinode)) => vol.write(dir, &block).map(|_| true),
@@ -546,7 +590,14 @@ pub fn new_dinode(num: Inum, mode: u32, now: i64) -> Dinode {
 }
 
 /// The dinode of a new, empty directory: "." and ".." in its block.
-pub fn new_dir_block(vol: &Volume, this: Inum, parent: Inum, mode: u32, flags: u32, now: i64) -> Vec<u8> {
+pub fn new_dir_block(
+    vol: &Volume,
+    this: Inum,
+    parent: Inum,
+    mode: u32,
+    flags: u32,
+    now: i64,
+) -> Vec<u8> {
     let mut block = vec![0u8; vol.bsize()];
     let d = Dinode {
         nlink: 2,
@@ -557,7 +608,12 @@ pub fn new_dir_block(vol: &Volume, this: Inum, parent: Inum, mode: u32, flags: u
         ..new_dinode(this, mode, now)
     };
     d.encode_into(&mut block);
-    dirent::init_dir(&mut block[DINODE_SIZE..], this, parent, rgfs::format::consts::dt::DIR);
+    dirent::init_dir(
+        &mut block[DINODE_SIZE..],
+        this,
+        parent,
+        rgfs::format::consts::dt::DIR,
+    );
     block
 }
 

@@ -15,7 +15,10 @@ pub fn read_file(vol: &Volume, addr: u64) -> Result<Vec<u8>> {
     let block = vol.read(addr)?;
     let d = Dinode::decode(&block).map_err(|e| FsckError::Fatal(format!("inode {addr}: {e}")))?;
     if d.size > MAX_READ_BYTES {
-        return fatal(format!("inode {addr}: size {} too large for a system file", d.size));
+        return fatal(format!(
+            "inode {addr}: size {} too large for a system file",
+            d.size
+        ));
     }
     if d.height == 0 {
         let end = DINODE_SIZE + (d.size.min(vol.geom.max_stuffed()) as usize);
@@ -43,7 +46,11 @@ pub fn write_file_prefix(vol: &Volume, addr: u64, bytes: &[u8]) -> Result<()> {
     let mut block = vol.read(addr)?;
     let d = Dinode::decode(&block).map_err(|e| FsckError::Fatal(format!("inode {addr}: {e}")))?;
     if (bytes.len() as u64) > d.size {
-        return fatal(format!("inode {addr}: writing {} bytes into a file of {}", bytes.len(), d.size));
+        return fatal(format!(
+            "inode {addr}: writing {} bytes into a file of {}",
+            bytes.len(),
+            d.size
+        ));
     }
     if d.height == 0 {
         block[DINODE_SIZE..DINODE_SIZE + bytes.len()].copy_from_slice(bytes);

@@ -7,11 +7,11 @@
 //! fsck and mount recover journals identically.
 
 use rgfs::format::consts::{lh, MetaType};
-use zerocopy::FromBytes;
 use rgfs::format::meta::block_type;
 use rgfs::format::{LogHeader, OnDisk};
 use rgfs::journal::head::header_at;
 use rgfs::journal::{apply_replay, find_head, plan_replay, JournalMap};
+use zerocopy::FromBytes;
 
 use crate::check::Fsck;
 use crate::report::Fix;
@@ -52,7 +52,11 @@ fn scan(fs: &Fsck, map: &JournalMap) -> Result<Scan> {
                     last = Some(h.sequence);
                     s.max_sequence = s.max_sequence.max(h.sequence);
                 }
-                None if block_type(block) == Some(MetaType::LogHeader) || looks_like_header(block) => s.damaged.push(at),
+                None if block_type(block) == Some(MetaType::LogHeader)
+                    || looks_like_header(block) =>
+                {
+                    s.damaged.push(at)
+                }
                 None => {}
             }
         }
@@ -65,7 +69,9 @@ fn scan(fs: &Fsck, map: &JournalMap) -> Result<Scan> {
 /// A block that starts with the magic and the log header type, whatever
 /// its format field says.
 fn looks_like_header(block: &[u8]) -> bool {
-    block.len() >= 8 && block[..4] == rgfs::format::consts::GFS2_MAGIC.to_be_bytes() && block[4..8] == (MetaType::LogHeader as u32).to_be_bytes()
+    block.len() >= 8
+        && block[..4] == rgfs::format::consts::GFS2_MAGIC.to_be_bytes()
+        && block[4..8] == (MetaType::LogHeader as u32).to_be_bytes()
 }
 
 /// Rewrites every block of the journal as a clean log header with
@@ -127,16 +133,26 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
             match plan_replay(fs.vol.dev, &fs.vol.geom, &map, head, fs.vol.dev_blocks) {
                 Ok(plan) => {
                     let fix = if nolock { Fix::Safe } else { Fix::Risky };
-                    let msg = format!("is dirty: {} blocks to replay ({} revoked)", plan.writes.len(), plan.revoked);
+                    let msg = format!(
+                        "is dirty: {} blocks to replay ({} revoked)",
+                        plan.writes.len(),
+                        plan.revoked
+                    );
                     if fs.problem(&object, msg, fix) {
-                        apply_replay(fs.vol.dev, &fs.vol.geom, &map, &plan, jid).map_err(|e| crate::volume::FsckError::Fatal(format!("{object}: replay failed: {e}")))?;
+                        apply_replay(fs.vol.dev, &fs.vol.geom, &map, &plan, jid).map_err(|e| {
+                            crate::volume::FsckError::Fatal(format!("{object}: replay failed: {e}"))
+                        })?;
                         fs.report.note(&object, "replayed");
                     }
                 }
                 Err(e) => {
                     // The log cannot be replayed; its contents are lost
                     // either way, but the journal must become usable.
-                    if fs.problem(&object, format!("is dirty and its log is damaged ({e})"), Fix::Risky) {
+                    if fs.problem(
+                        &object,
+                        format!("is dirty and its log is damaged ({e})"),
+                        Fix::Risky,
+                    ) {
                         rewrite = true;
                     }
                 }
@@ -145,20 +161,41 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
         let s = scan(fs, &map)?;
         if !s.damaged.is_empty() {
             let first = s.damaged[0];
-            let msg = format!("{} damaged log headers (the first at journal block {first})", s.damaged.len());
-            let fix = if head.is_clean() { Fix::Safe } else { Fix::Risky };
+            let msg = format!(
+                "{} damaged log headers (the first at journal block {first})",
+                s.damaged.len()
+            );
+            let fix = if head.is_clean() {
+                Fix::Safe
+            } else {
+                Fix::Risky
+            };
             if fs.problem(&object, msg, fix) {
                 rewrite = true;
             }
         }
         if s.decreases > 1 {
-            let fix = if head.is_clean() { Fix::Safe } else { Fix::Risky };
-            fs.report.info(format!("{object}: sequence numbers go down {} times", s.decreases));
-            if fs.problem(&object, "log sequence numbers go backwards besides the one wrap of the log", fix) {
+            let fix = if head.is_clean() {
+                Fix::Safe
+            } else {
+                Fix::Risky
+            };
+            fs.report.info(format!(
+                "{object}: sequence numbers go down {} times",
+                s.decreases
+            ));
+            if fs.problem(
+                &object,
+                "log sequence numbers go backwards besides the one wrap of the log",
+                fix,
+            ) {
                 rewrite = true;
             }
         }
-        fs.report.info(format!("{object}: {} valid log headers, head at journal block {}", s.headers, head.lblock));
+        fs.report.info(format!(
+            "{object}: {} valid log headers, head at journal block {}",
+            s.headers, head.lblock
+        ));
         if rewrite && fs.vol.writable {
             reinitialize(fs, jid, &map, s.max_sequence + 2)?;
             fs.report.note(&object, "rewritten as a clean, empty log");
@@ -175,16 +212,30 @@ pub fn rebuild_broken(fs: &mut Fsck) -> Result<()> {
     for (jid, addr) in std::mem::take(&mut fs.broken_journals) {
         let object = format!("journal{jid} (inode {addr})");
         if !fs.inodes.contains_key(&addr) {
-            fs.problem(&object, "its inode is gone; the journal cannot be rebuilt", Fix::None);
+            fs.problem(
+                &object,
+                "its inode is gone; the journal cannot be rebuilt",
+                Fix::None,
+            );
             continue;
         }
         let block = fs.vol.read(addr)?;
-        let d = rgfs::format::dinode::RawDinode::ref_from_prefix(&block).expect("dinode").0;
+        let d = rgfs::format::dinode::RawDinode::ref_from_prefix(&block)
+            .expect("dinode")
+            .0;
         let (size, height) = (d.di_size.get(), d.di_height.get());
         let bsize = fs.vol.bsize() as u64;
-        let sane = size % bsize == 0 && (rgfs::journal::map::MIN_JOURNAL_BYTES..=rgfs::journal::map::MAX_JOURNAL_BYTES).contains(&size);
+        let sane = size % bsize == 0
+            && (rgfs::journal::map::MIN_JOURNAL_BYTES..=rgfs::journal::map::MAX_JOURNAL_BYTES)
+                .contains(&size);
         if !sane || fs.vol.geom.height_for_size(size, false) != Some(height) {
-            fs.problem(&object, format!("size {size} or height {height} is impossible for a journal; cannot rebuild it"), Fix::None);
+            fs.problem(
+                &object,
+                format!(
+                    "size {size} or height {height} is impossible for a journal; cannot rebuild it"
+                ),
+                Fix::None,
+            );
             continue;
         }
         if !fs.problem(&object, "has holes or bad blocks: holes filled with new blocks, then rewritten as a clean, empty log", Fix::Risky) {
@@ -194,7 +245,9 @@ pub fn rebuild_broken(fs: &mut Fsck) -> Result<()> {
         let reader = (fs.vol.dev, &fs.vol.geom);
         match JournalMap::load(&fs.vol.geom, addr, fs.vol.dev_blocks, &reader) {
             Ok(map) => reinitialize(fs, jid, &map, 1)?,
-            Err(e) => fs.report.note(&object, format!("still cannot be mapped: {e}")),
+            Err(e) => fs
+                .report
+                .note(&object, format!("still cannot be mapped: {e}")),
         }
     }
     Ok(())
@@ -213,7 +266,9 @@ fn fill_holes(fs: &mut Fsck, addr: u64, nblocks: u64, height: u16) -> Result<()>
     let mut added = 0u64;
     let mut near = addr;
     for lblock in 0..nblocks {
-        let Some(path) = fs.vol.geom.tree_path(lblock, height) else { break };
+        let Some(path) = fs.vol.geom.tree_path(lblock, height) else {
+            break;
+        };
         let mut parent: Option<u64> = None;
         for (level, &index) in path.levels().iter().enumerate() {
             let leaf = level + 1 == height as usize;
@@ -225,10 +280,15 @@ fn fill_holes(fs: &mut Fsck, addr: u64, nblocks: u64, height: u16) -> Result<()>
                 current
             } else {
                 let map = &fs.map;
-                let Some(b) = fs.vol.alloc(near, BlockState::Used, &|b| map.get(b).is_none()) else {
+                let Some(b) = fs
+                    .vol
+                    .alloc(near, BlockState::Used, &|b| map.get(b).is_none())
+                else {
                     return crate::volume::fatal("no free block left to rebuild a journal");
                 };
-                fs.map.insert(b, if leaf { Use::Data } else { Use::Indirect }, addr).ok();
+                fs.map
+                    .insert(b, if leaf { Use::Data } else { Use::Indirect }, addr)
+                    .ok();
                 added += 1;
                 if !leaf {
                     let mut buf = vec![0u8; fs.vol.bsize()];
@@ -237,7 +297,11 @@ fn fill_holes(fs: &mut Fsck, addr: u64, nblocks: u64, height: u16) -> Result<()>
                 }
                 match parent {
                     None => set_pointer(&mut dinode[DINODE_SIZE..], index as usize, b),
-                    Some(p) => set_pointer(&mut cache.get_mut(&p).expect("cached")[META_HEADER_SIZE..], index as usize, b),
+                    Some(p) => set_pointer(
+                        &mut cache.get_mut(&p).expect("cached")[META_HEADER_SIZE..],
+                        index as usize,
+                        b,
+                    ),
                 }
                 b
             };

@@ -11,7 +11,12 @@ use std::path::Path;
 fn parse_line(line: &str) -> Option<(&str, &str, &str, &str)> {
     let fields: Vec<&str> = line.split(' ').collect();
     let sep = fields.iter().position(|&f| f == "-")?;
-    Some((fields.get(2)?, fields.get(4)?, fields.get(sep + 1)?, fields.get(sep + 2)?))
+    Some((
+        fields.get(2)?,
+        fields.get(4)?,
+        fields.get(sep + 1)?,
+        fields.get(sep + 2)?,
+    ))
 }
 
 /// Octal escapes (`\040` for a space) as mountinfo writes them.
@@ -20,7 +25,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -35,7 +43,9 @@ fn unescape(s: &str) -> String {
 /// naming `source` as its source, in the text of a mountinfo file.
 pub fn find_mount(mountinfo: &str, devnum: Option<&str>, sources: &[String]) -> Option<String> {
     for line in mountinfo.lines() {
-        let Some((dev, point, fstype, source)) = parse_line(line) else { continue };
+        let Some((dev, point, fstype, source)) = parse_line(line) else {
+            continue;
+        };
         let by_dev = devnum.is_some_and(|d| d == dev) && !fstype.starts_with("fuse");
         let by_source = sources.iter().any(|s| *s == unescape(source));
         if by_dev || by_source {
@@ -91,8 +101,14 @@ mod tests {
     fn finds_block_devices_and_fuse_images() {
         assert_eq!(find_mount(INFO, Some("8:16"), &[]), Some("/data".into()));
         assert_eq!(find_mount(INFO, Some("8:17"), &[]), None);
-        assert_eq!(find_mount(INFO, None, &["/srv/images/vol.img".into()]), Some("/mnt/my vol".into()));
-        assert_eq!(find_mount(INFO, None, &["/srv/images/other.img".into()]), None);
+        assert_eq!(
+            find_mount(INFO, None, &["/srv/images/vol.img".into()]),
+            Some("/mnt/my vol".into())
+        );
+        assert_eq!(
+            find_mount(INFO, None, &["/srv/images/other.img".into()]),
+            None
+        );
         // A FUSE mount's anonymous device number is not the image's.
         assert_eq!(find_mount(INFO, Some("0:45"), &[]), None);
     }

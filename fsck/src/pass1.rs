@@ -11,10 +11,12 @@
 
 use std::collections::HashSet;
 
-use rgfs::format::consts::{dif, s_if, DIR_MAX_DEPTH, MetaType};
+use rgfs::format::consts::{dif, s_if, MetaType, DIR_MAX_DEPTH};
 use rgfs::format::dinode::RawDinode;
 use rgfs::format::ea::ea_records;
-use rgfs::format::meta::{block_type, payload_of, pointer_at, pointers, set_pointer, Inum, META_HEADER_SIZE};
+use rgfs::format::meta::{
+    block_type, payload_of, pointer_at, pointers, set_pointer, Inum, META_HEADER_SIZE,
+};
 use rgfs::format::{BlockState, Leaf, OnDisk, DINODE_SIZE};
 use zerocopy::FromBytes;
 
@@ -58,7 +60,9 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
 pub fn is_dinode_for(fs: &Fsck, block: u64) -> bool {
     fs.vol.is_data_block(block)
         && fs.vol.read(block).ok().is_some_and(|b| {
-            block_type(&b) == Some(MetaType::Dinode) && RawDinode::ref_from_prefix(&b).is_ok_and(|(r, _)| r.di_num.no_addr.get() == block)
+            block_type(&b) == Some(MetaType::Dinode)
+                && RawDinode::ref_from_prefix(&b)
+                    .is_ok_and(|(r, _)| r.di_num.no_addr.get() == block)
         })
 }
 
@@ -77,21 +81,34 @@ pub fn check_inode(fs: &mut Fsck, addr: u64, unlinked: bool) -> Result<bool> {
 fn check_dinode(fs: &mut Fsck, addr: u64, unlinked: bool) -> Result<bool> {
     let object = format!("inode {addr}");
     let mut block = fs.vol.read(addr)?;
-    let raw = *RawDinode::ref_from_prefix(&block).expect("a block holds a dinode").0;
+    let raw = *RawDinode::ref_from_prefix(&block)
+        .expect("a block holds a dinode")
+        .0;
     if raw.di_header.check(MetaType::Dinode).is_err() {
         // Not a dinode: pass 5 corrects the bitmap, pass 2 the entries.
         return Ok(false);
     }
     let mut dirty = false;
     if raw.di_num.no_addr.get() != addr {
-        if fs.problem(&object, format!("di_num.no_addr is {}, should be its block", raw.di_num.no_addr.get()), Fix::Safe) {
+        if fs.problem(
+            &object,
+            format!(
+                "di_num.no_addr is {}, should be its block",
+                raw.di_num.no_addr.get()
+            ),
+            Fix::Safe,
+        ) {
             dirty = true;
         }
         dinode_mut(&mut block).di_num.no_addr = addr.into();
     }
     let mode = raw.di_mode.get();
     if rgfs::format::consts::dt_from_mode(mode).is_none() {
-        if fs.problem(&object, format!("di_mode {mode:o} has no valid file type: inode cleared"), Fix::Risky) {
+        if fs.problem(
+            &object,
+            format!("di_mode {mode:o} has no valid file type: inode cleared"),
+            Fix::Risky,
+        ) {
             fs.vol.set_state(addr, BlockState::Free);
         }
         return Ok(false);
@@ -105,18 +122,64 @@ fn check_dinode(fs: &mut Fsck, addr: u64, unlinked: bool) -> Result<bool> {
         flags &= !dif::EXHASH;
         dinode_mut(&mut block).di_flags = flags.into();
     }
+    // A directory flagged EXHASH whose payload is a linear directory's
+    // (the linear size and a "." entry naming itself first) lost nothing
+    // but a flag bit: clearing it keeps every entry.
+    if flags & dif::EXHASH != 0
+        && is_dir
+        && raw.di_height.get() == 0
+        && raw.di_size.get() == fs.vol.geom.max_stuffed()
+        && starts_with_dot(&block, addr)
+    {
+        if fs.problem(&object, "EXHASH flag on a linear directory", Fix::Safe) {
+            dirty = true;
+        }
+        flags &= !dif::EXHASH;
+        let d = dinode_mut(&mut block);
+        d.di_flags = flags.into();
+        d.di_depth = 0.into();
+    }
     let exhash = flags & dif::EXHASH != 0;
+    if !exhash && raw.di_depth.get() != 0 {
+        if fs.problem(
+            &object,
+            format!(
+                "di_depth {} on an inode that is not a hashed directory; set to 0",
+                raw.di_depth.get()
+            ),
+            Fix::Safe,
+        ) {
+            dirty = true;
+        }
+        dinode_mut(&mut block).di_depth = 0.into();
+    }
     let height = raw.di_height.get();
-    let max_height = if is_dir { fs.vol.geom.max_jheight } else { fs.vol.geom.max_height };
+    let max_height = if is_dir {
+        fs.vol.geom.max_jheight
+    } else {
+        fs.vol.geom.max_height
+    };
     if height >= max_height || (is_dir && !exhash && height != 0) {
-        if fs.problem(&object, format!("di_height {height} is impossible: inode cleared"), Fix::Risky) {
+        if fs.problem(
+            &object,
+            format!("di_height {height} is impossible: inode cleared"),
+            Fix::Risky,
+        ) {
             fs.vol.set_state(addr, BlockState::Free);
         }
         return Ok(false);
     }
-    for (name, nsec) in [("di_atime_nsec", raw.di_atime_nsec.get()), ("di_mtime_nsec", raw.di_mtime_nsec.get()), ("di_ctime_nsec", raw.di_ctime_nsec.get())] {
+    for (name, nsec) in [
+        ("di_atime_nsec", raw.di_atime_nsec.get()),
+        ("di_mtime_nsec", raw.di_mtime_nsec.get()),
+        ("di_ctime_nsec", raw.di_ctime_nsec.get()),
+    ] {
         if nsec >= 1_000_000_000 {
-            if fs.problem(&object, format!("{name} is {nsec}, not below 10^9"), Fix::Safe) {
+            if fs.problem(
+                &object,
+                format!("{name} is {nsec}, not below 10^9"),
+                Fix::Safe,
+            ) {
                 dirty = true;
             }
             let d = dinode_mut(&mut block);
@@ -131,7 +194,11 @@ fn check_dinode(fs: &mut Fsck, addr: u64, unlinked: bool) -> Result<bool> {
     // filesystem (fsck.gfs2 checks the same; system inodes are exempt).
     let goal = raw.di_goal_meta.get();
     if flags & dif::SYSTEM == 0 && (goal <= fs.vol.geom.sb_addr() || goal > fs.vol.fs_blocks()) {
-        if fs.problem(&object, format!("di_goal_meta {goal} is outside the filesystem; set to the inode's block"), Fix::Safe) {
+        if fs.problem(
+            &object,
+            format!("di_goal_meta {goal} is outside the filesystem; set to the inode's block"),
+            Fix::Safe,
+        ) {
             dirty = true;
         }
         dinode_mut(&mut block).di_goal_meta = addr.into();
@@ -140,17 +207,32 @@ fn check_dinode(fs: &mut Fsck, addr: u64, unlinked: bool) -> Result<bool> {
     let max_stuffed = fs.vol.geom.max_stuffed();
     if exhash {
         let depth = raw.di_depth.get();
-        let want = if depth <= DIR_MAX_DEPTH { 8u64 << depth } else { 0 };
+        let want = if depth <= DIR_MAX_DEPTH {
+            8u64 << depth
+        } else {
+            0
+        };
         if size != want {
             // The depth is right if the table fits it; otherwise the size is.
-            let depth_from_size = (size >= 8 && (size / 8).is_power_of_two() && (size / 8).trailing_zeros() <= DIR_MAX_DEPTH as u32).then(|| (size / 8).trailing_zeros() as u16);
+            let depth_from_size = (size >= 8
+                && (size / 8).is_power_of_two()
+                && (size / 8).trailing_zeros() <= DIR_MAX_DEPTH as u32)
+                .then(|| (size / 8).trailing_zeros() as u16);
             if want != 0 && (height > 0 || want <= max_stuffed) {
-                if fs.problem(&object, format!("di_size {size} does not match di_depth {depth} (should be {want})"), Fix::Safe) {
+                if fs.problem(
+                    &object,
+                    format!("di_size {size} does not match di_depth {depth} (should be {want})"),
+                    Fix::Safe,
+                ) {
                     dirty = true;
                 }
                 dinode_mut(&mut block).di_size = want.into();
             } else if let Some(d) = depth_from_size {
-                if fs.problem(&object, format!("di_depth {depth} does not match di_size {size} (should be {d})"), Fix::Safe) {
+                if fs.problem(
+                    &object,
+                    format!("di_depth {depth} does not match di_size {size} (should be {d})"),
+                    Fix::Safe,
+                ) {
                     dirty = true;
                 }
                 dinode_mut(&mut block).di_depth = d.into();
@@ -162,18 +244,30 @@ fn check_dinode(fs: &mut Fsck, addr: u64, unlinked: bool) -> Result<bool> {
             }
         }
         if height == 0 && dinode_mut(&mut block).di_size.get() > max_stuffed {
-            if fs.problem(&object, "stuffed hash table larger than the dinode: inode cleared", Fix::Risky) {
+            if fs.problem(
+                &object,
+                "stuffed hash table larger than the dinode: inode cleared",
+                Fix::Risky,
+            ) {
                 fs.vol.set_state(addr, BlockState::Free);
             }
             return Ok(false);
         }
     } else if height == 0 && size > max_stuffed && !is_dir {
-        if fs.problem(&object, format!("di_size {size} is larger than a stuffed inode holds; set to {max_stuffed}"), Fix::Risky) {
+        if fs.problem(
+            &object,
+            format!("di_size {size} is larger than a stuffed inode holds; set to {max_stuffed}"),
+            Fix::Risky,
+        ) {
             dirty = true;
         }
         dinode_mut(&mut block).di_size = max_stuffed.into();
     } else if is_dir && !exhash && size != max_stuffed {
-        if fs.problem(&object, format!("di_size {size} of a linear directory should be {max_stuffed}"), Fix::Safe) {
+        if fs.problem(
+            &object,
+            format!("di_size {size} of a linear directory should be {max_stuffed}"),
+            Fix::Safe,
+        ) {
             dirty = true;
         }
         dinode_mut(&mut block).di_size = max_stuffed.into();
@@ -185,7 +279,16 @@ fn check_dinode(fs: &mut Fsck, addr: u64, unlinked: bool) -> Result<bool> {
     let mut dir_data: Vec<u64> = Vec::new();
     if height > 0 {
         let mut top = block[DINODE_SIZE..].to_vec();
-        let changed = walk(fs, addr, &mut top, 0, height, is_dir, &mut counted, &mut dir_data)?;
+        let changed = walk(
+            fs,
+            addr,
+            &mut top,
+            0,
+            height,
+            is_dir,
+            &mut counted,
+            &mut dir_data,
+        )?;
         if changed {
             block[DINODE_SIZE..].copy_from_slice(&top);
             dirty = true;
@@ -205,7 +308,11 @@ fn check_dinode(fs: &mut Fsck, addr: u64, unlinked: bool) -> Result<bool> {
     }
     let stored = raw.di_blocks.get();
     if stored != counted {
-        if fs.problem(&object, format!("di_blocks is {stored}, but the inode uses {counted} blocks"), Fix::Safe) {
+        if fs.problem(
+            &object,
+            format!("di_blocks is {stored}, but the inode uses {counted} blocks"),
+            Fix::Safe,
+        ) {
             dirty = true;
         }
         dinode_mut(&mut block).di_blocks = counted.into();
@@ -274,9 +381,19 @@ fn walk(
             continue;
         }
         let mut child = fs.vol.read(p)?;
-        let want = if leaf_level { MetaType::Jdata } else { MetaType::Indirect };
+        let want = if leaf_level {
+            MetaType::Jdata
+        } else {
+            MetaType::Indirect
+        };
         if let Err(e) = payload_of(&child, want) {
-            changed |= drop(fs, format!("block {p} (pointer {i} at height {level}) should be a {}: {e}: removed", want.name()));
+            changed |= drop(
+                fs,
+                format!(
+                    "block {p} (pointer {i} at height {level}) should be a {}: {e}: removed",
+                    want.name()
+                ),
+            );
             continue;
         }
         *counted += 1;
@@ -292,7 +409,16 @@ fn walk(
         if !first_claim {
             continue;
         }
-        let child_changed = walk(fs, owner, &mut child[META_HEADER_SIZE..], level + 1, height, is_dir, counted, dir_data)?;
+        let child_changed = walk(
+            fs,
+            owner,
+            &mut child[META_HEADER_SIZE..],
+            level + 1,
+            height,
+            is_dir,
+            counted,
+            dir_data,
+        )?;
         if child_changed && fs.vol.writable {
             fs.vol.write(p, &child)?;
         }
@@ -308,7 +434,9 @@ fn read_table(fs: &Fsck, block: &[u8], dir_data: &[u64]) -> HashTable {
     let size = raw.di_size.get() as usize;
     let mut bytes = Vec::with_capacity(size);
     if raw.di_height.get() == 0 {
-        bytes.extend_from_slice(&block[DINODE_SIZE..DINODE_SIZE + size.min(block.len() - DINODE_SIZE)]);
+        bytes.extend_from_slice(
+            &block[DINODE_SIZE..DINODE_SIZE + size.min(block.len() - DINODE_SIZE)],
+        );
     } else {
         for &b in dir_data {
             if let Ok(buf) = fs.vol.read(b) {
@@ -319,7 +447,11 @@ fn read_table(fs: &Fsck, block: &[u8], dir_data: &[u64]) -> HashTable {
     bytes.resize(size, 0);
     HashTable {
         ptrs: pointers(&bytes).collect(),
-        blocks: if raw.di_height.get() == 0 { Vec::new() } else { dir_data.to_vec() },
+        blocks: if raw.di_height.get() == 0 {
+            Vec::new()
+        } else {
+            dir_data.to_vec()
+        },
     }
 }
 
@@ -342,10 +474,20 @@ fn claim_leaves(fs: &mut Fsck, dir: u64, table: &HashTable, counted: &mut u64) -
 
 /// Checks the extended attributes of `owner`. Returns `false` when the
 /// whole attribute tree is dropped (the caller clears `di_eattr`).
-fn check_xattrs(fs: &mut Fsck, owner: u64, eattr: u64, indirect: bool, counted: &mut u64) -> Result<bool> {
+fn check_xattrs(
+    fs: &mut Fsck,
+    owner: u64,
+    eattr: u64,
+    indirect: bool,
+    counted: &mut u64,
+) -> Result<bool> {
     let object = format!("inode {owner}");
     if !fs.vol.is_data_block(eattr) {
-        return Ok(!fs.problem(&object, format!("xattr block pointer {eattr} is outside the filesystem: xattrs removed"), Fix::Risky));
+        return Ok(!fs.problem(
+            &object,
+            format!("xattr block pointer {eattr} is outside the filesystem: xattrs removed"),
+            Fix::Risky,
+        ));
     }
     if !indirect {
         return match ea_block_ok(fs, eattr) {
@@ -353,12 +495,20 @@ fn check_xattrs(fs: &mut Fsck, owner: u64, eattr: u64, indirect: bool, counted: 
                 claim_ea(fs, owner, eattr, &data, counted);
                 Ok(true)
             }
-            Err(why) => Ok(!fs.problem(&object, format!("xattr block {eattr}: {why}: xattrs removed"), Fix::Risky)),
+            Err(why) => Ok(!fs.problem(
+                &object,
+                format!("xattr block {eattr}: {why}: xattrs removed"),
+                Fix::Risky,
+            )),
         };
     }
     let mut ind = fs.vol.read(eattr)?;
     if let Err(e) = payload_of(&ind, MetaType::Indirect) {
-        return Ok(!fs.problem(&object, format!("xattr indirect block {eattr}: {e}: xattrs removed"), Fix::Risky));
+        return Ok(!fs.problem(
+            &object,
+            format!("xattr indirect block {eattr}: {e}: xattrs removed"),
+            Fix::Risky,
+        ));
     }
     // The list of EA blocks ends at the first zero pointer (the kernel
     // stops there); a bad pointer is taken out and the rest moved up.
@@ -370,7 +520,11 @@ fn check_xattrs(fs: &mut Fsck, owner: u64, eattr: u64, indirect: bool, counted: 
         if p == 0 {
             break;
         }
-        let verdict = if fs.vol.is_data_block(p) { ea_block_ok(fs, p) } else { Err("outside the filesystem".to_string()) };
+        let verdict = if fs.vol.is_data_block(p) {
+            ea_block_ok(fs, p)
+        } else {
+            Err("outside the filesystem".to_string())
+        };
         match verdict {
             Ok(data) => kept.push((p, data)),
             Err(why) => {
@@ -444,10 +598,25 @@ fn check_quota_change_block(fs: &mut Fsck, owner: u64, block: u64) -> Result<()>
     if block_type(&buf) == Some(MetaType::QuotaChange) {
         return Ok(());
     }
-    if fs.problem(format!("inode {owner}"), format!("quota change block {block} has no quota change header: emptied"), Fix::Risky) {
+    if fs.problem(
+        format!("inode {owner}"),
+        format!("quota change block {block} has no quota change header: emptied"),
+        Fix::Risky,
+    ) {
         let mut fresh = vec![0u8; fs.vol.bsize()];
         rgfs::format::meta::init_block(&mut fresh, MetaType::QuotaChange);
         fs.vol.write(block, &fresh)?;
     }
     Ok(())
+}
+
+/// Whether the payload of dinode block `block` starts with a "." entry
+/// naming `addr` (the first entry of a linear directory).
+fn starts_with_dot(block: &[u8], addr: u64) -> bool {
+    use rgfs::format::dirent::{RawDirent, DIRENT_HEADER_SIZE};
+    let area = &block[DINODE_SIZE..];
+    let Ok((h, _)) = RawDirent::ref_from_prefix(area) else {
+        return false;
+    };
+    h.de_name_len.get() == 1 && area[DIRENT_HEADER_SIZE] == b'.' && h.de_inum.no_addr.get() == addr
 }

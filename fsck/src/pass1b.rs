@@ -31,7 +31,9 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
     fs.progress.start("pass1b", by_block.len() as u64);
     for (block, extra) in by_block {
         fs.progress.inc();
-        let Some(first) = fs.map.get(block) else { continue };
+        let Some(first) = fs.map.get(block) else {
+            continue;
+        };
         let mut claims = vec![first];
         claims.extend(extra);
         let content = fs.vol.read(block)?;
@@ -42,7 +44,10 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
             None => ty != Some(MetaType::Dinode),
         };
         let keeper = claims.iter().position(fits).unwrap_or(0);
-        let owners: Vec<String> = claims.iter().map(|c| format!("inode {} ({})", c.owner, c.usage.name())).collect();
+        let owners: Vec<String> = claims
+            .iter()
+            .map(|c| format!("inode {} ({})", c.owner, c.usage.name()))
+            .collect();
         let object = format!("block {block}");
         let keep = claims[keeper];
         for (i, c) in claims.iter().enumerate() {
@@ -51,12 +56,22 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
             }
             let copyable = matches!(c.usage, Use::Data | Use::Indirect | Use::DirData) && fits(c);
             if copyable {
-                let msg = format!("claimed by {}: inode {} keeps it, inode {} gets a copy", owners.join(" and "), keep.owner, c.owner);
+                let msg = format!(
+                    "claimed by {}: inode {} keeps it, inode {} gets a copy",
+                    owners.join(" and "),
+                    keep.owner,
+                    c.owner
+                );
                 if fs.problem(&object, msg, Fix::Risky) {
                     copy_for(fs, block, *c, &content)?;
                 }
             } else {
-                let msg = format!("claimed by {}: inode {} keeps it, the reference from inode {} is removed", owners.join(" and "), keep.owner, c.owner);
+                let msg = format!(
+                    "claimed by {}: inode {} keeps it, the reference from inode {} is removed",
+                    owners.join(" and "),
+                    keep.owner,
+                    c.owner
+                );
                 if fs.problem(&object, msg, Fix::Risky) {
                     drop_reference(fs, block, *c)?;
                 }
@@ -111,14 +126,28 @@ fn repoint_level(
             *found = true;
             continue;
         }
-        if p == 0 || level + 1 >= height as usize || !fs.vol.is_data_block(p) || fs.map.get(p).is_none_or(|c| c.usage != Use::Indirect) || !visited.insert(p) {
+        if p == 0
+            || level + 1 >= height as usize
+            || !fs.vol.is_data_block(p)
+            || fs.map.get(p).is_none_or(|c| c.usage != Use::Indirect)
+            || !visited.insert(p)
+        {
             continue;
         }
         let mut child = fs.vol.read(p)?;
         if payload_of(&child, MetaType::Indirect).is_err() {
             continue;
         }
-        if repoint_level(fs, &mut child[META_HEADER_SIZE..], level + 1, height, old, new, found, visited)? {
+        if repoint_level(
+            fs,
+            &mut child[META_HEADER_SIZE..],
+            level + 1,
+            height,
+            old,
+            new,
+            found,
+            visited,
+        )? {
             fs.vol.write(p, &child)?;
         }
         if *found {
@@ -131,14 +160,23 @@ fn repoint_level(
 /// Gives claim `c` its own copy of `block`.
 fn copy_for(fs: &mut Fsck, block: u64, c: Claim, content: &[u8]) -> Result<()> {
     let map = &fs.map;
-    let Some(new) = fs.vol.alloc(block, BlockState::Used, &|b| map.get(b).is_none()) else {
-        fs.report.note(format!("block {block}"), "no free block for the copy; reference removed instead");
+    let Some(new) = fs
+        .vol
+        .alloc(block, BlockState::Used, &|b| map.get(b).is_none())
+    else {
+        fs.report.note(
+            format!("block {block}"),
+            "no free block for the copy; reference removed instead",
+        );
         return drop_reference(fs, block, c);
     };
     fs.vol.write(new, content)?;
     fs.map.insert(new, c.usage, c.owner).ok();
     if !repoint(fs, c.owner, block, new)? {
-        fs.report.note(format!("inode {}", c.owner), format!("reference to block {block} not found again"));
+        fs.report.note(
+            format!("inode {}", c.owner),
+            format!("reference to block {block} not found again"),
+        );
     }
     Ok(())
 }
@@ -149,7 +187,12 @@ fn drop_reference(fs: &mut Fsck, block: u64, c: Claim) -> Result<()> {
         Use::Ea | Use::EaIndirect | Use::EaData => {
             // The owner loses its extended attributes; its other EA blocks
             // become unclaimed and pass 5 frees them.
-            let others: Vec<(u64, Use)> = fs.map.blocks_of(c.owner).into_iter().filter(|(_, u)| matches!(u, Use::Ea | Use::EaIndirect | Use::EaData)).collect();
+            let others: Vec<(u64, Use)> = fs
+                .map
+                .blocks_of(c.owner)
+                .into_iter()
+                .filter(|(_, u)| matches!(u, Use::Ea | Use::EaIndirect | Use::EaData))
+                .collect();
             for (b, _) in &others {
                 fs.map.remove(*b);
             }
@@ -166,7 +209,9 @@ fn drop_reference(fs: &mut Fsck, block: u64, c: Claim) -> Result<()> {
         Use::Dinode => {}
         _ => {
             if repoint(fs, c.owner, block, 0)? {
-                fs.edit_dinode(c.owner, |raw| raw.di_blocks = raw.di_blocks.get().saturating_sub(1).into())?;
+                fs.edit_dinode(c.owner, |raw| {
+                    raw.di_blocks = raw.di_blocks.get().saturating_sub(1).into()
+                })?;
             } else if let Some(t) = fs.tables.get_mut(&c.owner) {
                 // A leaf pointer: pass 2 gives the range a new leaf.
                 for p in t.ptrs.iter_mut().filter(|p| **p == block) {

@@ -36,7 +36,12 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
     // Pass 2 may find more directories (inodes the bitmap hid); loop until
     // none is left.
     loop {
-        let todo: Vec<u64> = fs.inodes.iter().filter(|(a, i)| i.is_dir() && !done.contains(a)).map(|(&a, _)| a).collect();
+        let todo: Vec<u64> = fs
+            .inodes
+            .iter()
+            .filter(|(a, i)| i.is_dir() && !done.contains(a))
+            .map(|(&a, _)| a)
+            .collect();
         if todo.is_empty() {
             break;
         }
@@ -90,8 +95,21 @@ fn check_dir(fs: &mut Fsck, dir: u64) -> Result<()> {
         let mut seen = HashSet::new();
         for (head, start, end) in heads {
             let mut leaf = head;
-            while leaf != 0 && seen.insert(leaf) && fs.map.get(leaf).is_some_and(|c| c.owner == dir && c.usage == Use::Leaf) {
-                let next = check_area(fs, dir, leaf, LEAF_HEADER_SIZE, Some((start, end, depth)), &mut state)?;
+            while leaf != 0
+                && seen.insert(leaf)
+                && fs
+                    .map
+                    .get(leaf)
+                    .is_some_and(|c| c.owner == dir && c.usage == Use::Leaf)
+            {
+                let next = check_area(
+                    fs,
+                    dir,
+                    leaf,
+                    LEAF_HEADER_SIZE,
+                    Some((start, end, depth)),
+                    &mut state,
+                )?;
                 leaf = next;
             }
         }
@@ -103,7 +121,9 @@ fn check_dir(fs: &mut Fsck, dir: u64) -> Result<()> {
         if fs.problem(&obj, "has no \".\" entry: added", Fix::Safe) {
             let inum = Inum::new(fs.inodes[&dir].formal, dir);
             let map = &fs.map;
-            let got = dir::insert(&mut fs.vol, dir, b".", inum, dt::DIR, &|b| map.get(b).is_none())?;
+            let got = dir::insert(&mut fs.vol, dir, b".", inum, dt::DIR, &|b| {
+                map.get(b).is_none()
+            })?;
             for (b, u) in got {
                 fs.claim(b, u, dir);
             }
@@ -115,7 +135,9 @@ fn check_dir(fs: &mut Fsck, dir: u64) -> Result<()> {
     }
     for (name, inum, de_type) in std::mem::take(&mut state.moved) {
         let map = &fs.map;
-        let got = dir::insert(&mut fs.vol, dir, &name, inum, de_type, &|b| map.get(b).is_none())?;
+        let got = dir::insert(&mut fs.vol, dir, &name, inum, de_type, &|b| {
+            map.get(b).is_none()
+        })?;
         for (b, u) in got {
             fs.claim(b, u, dir);
         }
@@ -123,8 +145,21 @@ fn check_dir(fs: &mut Fsck, dir: u64) -> Result<()> {
         count_ref(fs, dir, &name, inum.addr);
     }
     let block = fs.vol.read(dir)?;
-    let stored = rgfs::format::dinode::RawDinode::ref_from_prefix(&block).expect("dinode").0.di_entries.get();
-    if stored != state.entries && fs.problem(&obj, format!("di_entries is {stored}, the directory has {} entries", state.entries), Fix::Safe) {
+    let stored = rgfs::format::dinode::RawDinode::ref_from_prefix(&block)
+        .expect("dinode")
+        .0
+        .di_entries
+        .get();
+    if stored != state.entries
+        && fs.problem(
+            &obj,
+            format!(
+                "di_entries is {stored}, the directory has {} entries",
+                state.entries
+            ),
+            Fix::Safe,
+        )
+    {
         let n = state.entries;
         fs.edit_dinode(dir, |raw| raw.di_entries = n.into())?;
     }
@@ -155,7 +190,13 @@ fn repair_table(fs: &mut Fsck, dir: u64, depth: u16) -> Result<HashTable> {
     let mut table = fs.tables.get(&dir).cloned().unwrap_or_default();
     let n = 1usize << depth;
     table.ptrs.resize(n, 0);
-    let good = |fs: &Fsck, p: u64| p != 0 && fs.map.get(p).is_some_and(|c| c.owner == dir && c.usage == Use::Leaf);
+    let good = |fs: &Fsck, p: u64| {
+        p != 0
+            && fs
+                .map
+                .get(p)
+                .is_some_and(|c| c.owner == dir && c.usage == Use::Leaf)
+    };
     let mut changed = false;
     let mut new_blocks = 0u64;
     // A bad pointer inside the aligned run of a good leaf (the leaf's depth
@@ -165,20 +206,42 @@ fn repair_table(fs: &mut Fsck, dir: u64, depth: u16) -> Result<HashTable> {
             continue;
         }
         let neighbours = [i.checked_sub(1), (i + 1 < n).then_some(i + 1)];
-        let restore = neighbours.into_iter().flatten().filter(|&j| good(fs, table.ptrs[j])).map(|j| (j, table.ptrs[j])).find(|&(j, p)| {
-            let Ok(buf) = fs.vol.read(p) else { return false };
-            let d = RawLeaf::ref_from_prefix(&buf).expect("leaf").0.lf_depth.get();
-            if d > depth {
-                return false;
-            }
-            // The aligned run the leaf's depth gives it, around the good
-            // neighbour, must include the bad pointer.
-            let len = 1usize << (depth - d);
-            let start = j & !(len - 1);
-            (start..start + len).contains(&i) && table.ptrs[start..start + len].iter().all(|&q| q == p || !good(fs, q))
-        }).map(|(_, p)| p);
+        let restore = neighbours
+            .into_iter()
+            .flatten()
+            .filter(|&j| good(fs, table.ptrs[j]))
+            .map(|j| (j, table.ptrs[j]))
+            .find(|&(j, p)| {
+                let Ok(buf) = fs.vol.read(p) else {
+                    return false;
+                };
+                let d = RawLeaf::ref_from_prefix(&buf)
+                    .expect("leaf")
+                    .0
+                    .lf_depth
+                    .get();
+                if d > depth {
+                    return false;
+                }
+                // The aligned run the leaf's depth gives it, around the good
+                // neighbour, must include the bad pointer.
+                let len = 1usize << (depth - d);
+                let start = j & !(len - 1);
+                (start..start + len).contains(&i)
+                    && table.ptrs[start..start + len]
+                        .iter()
+                        .all(|&q| q == p || !good(fs, q))
+            })
+            .map(|(_, p)| p);
         if let Some(p) = restore {
-            if fs.problem(&obj, format!("hash table pointer {i} is {}, inside the run of leaf {p}: restored", table.ptrs[i]), Fix::Safe) {
+            if fs.problem(
+                &obj,
+                format!(
+                    "hash table pointer {i} is {}, inside the run of leaf {p}: restored",
+                    table.ptrs[i]
+                ),
+                Fix::Safe,
+            ) {
                 changed = true;
             }
             table.ptrs[i] = p;
@@ -204,13 +267,24 @@ fn repair_table(fs: &mut Fsck, dir: u64, depth: u16) -> Result<HashTable> {
             let msg = format!("hash table pointers {k}..{} lead to block {}, not a leaf of this directory: new empty leaf", k + len, table.ptrs[k]);
             if fs.problem(&obj, msg, Fix::Risky) {
                 let map = &fs.map;
-                let Some(b) = fs.vol.alloc(dir, rgfs::format::BlockState::Used, &|b| map.get(b).is_none()) else {
+                let Some(b) = fs.vol.alloc(dir, rgfs::format::BlockState::Used, &|b| {
+                    map.get(b).is_none()
+                }) else {
                     fs.report.note(&obj, "no free block for a new leaf");
                     k += len;
                     continue;
                 };
                 let mut buf = vec![0u8; fs.vol.bsize()];
-                Leaf { depth: leaf_depth, entries: 0, next: 0, inode: dir, dist: 1, nsec: 0, sec: 0 }.encode_into(&mut buf);
+                Leaf {
+                    depth: leaf_depth,
+                    entries: 0,
+                    next: 0,
+                    inode: dir,
+                    dist: 1,
+                    nsec: 0,
+                    sec: 0,
+                }
+                .encode_into(&mut buf);
                 rgfs::format::dirent::init_empty(&mut buf[LEAF_HEADER_SIZE..]);
                 fs.vol.write(b, &buf)?;
                 fs.map.insert(b, Use::Leaf, dir).ok();
@@ -238,7 +312,12 @@ fn repair_table(fs: &mut Fsck, dir: u64, depth: u16) -> Result<HashTable> {
         e.1 = i;
         e.2 += 1;
     }
-    let leaves: BTreeSet<u64> = table.ptrs.iter().copied().filter(|&p| good(fs, p)).collect();
+    let leaves: BTreeSet<u64> = table
+        .ptrs
+        .iter()
+        .copied()
+        .filter(|&p| good(fs, p))
+        .collect();
     for p in leaves {
         let (first, last, count) = runs[&p];
         let contiguous = last + 1 - first == count;
@@ -248,8 +327,18 @@ fn repair_table(fs: &mut Fsck, dir: u64, depth: u16) -> Result<HashTable> {
         }
         let want = depth - count.trailing_zeros() as u16;
         let mut buf = fs.vol.read(p)?;
-        let have = RawLeaf::ref_from_prefix(&buf).expect("leaf").0.lf_depth.get();
-        if have != want && fs.problem(&obj, format!("leaf {p} has lf_depth {have}, its {count} pointers make it {want}"), Fix::Safe) {
+        let have = RawLeaf::ref_from_prefix(&buf)
+            .expect("leaf")
+            .0
+            .lf_depth
+            .get();
+        if have != want
+            && fs.problem(
+                &obj,
+                format!("leaf {p} has lf_depth {have}, its {count} pointers make it {want}"),
+                Fix::Safe,
+            )
+        {
             leaf_mut(&mut buf).lf_depth = want.into();
             fs.vol.write(p, &buf)?;
         }
@@ -258,12 +347,22 @@ fn repair_table(fs: &mut Fsck, dir: u64, depth: u16) -> Result<HashTable> {
         let mut hops = 0;
         loop {
             let mut buf = fs.vol.read(at)?;
-            let next = RawLeaf::ref_from_prefix(&buf).expect("leaf").0.lf_next.get();
+            let next = RawLeaf::ref_from_prefix(&buf)
+                .expect("leaf")
+                .0
+                .lf_next
+                .get();
             if next == 0 {
                 break;
             }
             if !good(fs, next) || hops > 1 << 16 {
-                if fs.problem(&obj, format!("leaf {at} chains to block {next}, not a leaf of this directory: chain cut"), Fix::Risky) {
+                if fs.problem(
+                    &obj,
+                    format!(
+                        "leaf {at} chains to block {next}, not a leaf of this directory: chain cut"
+                    ),
+                    Fix::Risky,
+                ) {
                     leaf_mut(&mut buf).lf_next = 0.into();
                     fs.vol.write(at, &buf)?;
                 }
@@ -281,17 +380,34 @@ fn repair_table(fs: &mut Fsck, dir: u64, depth: u16) -> Result<HashTable> {
 /// block back when repairs changed it. `leaf` is `(first, end, depth)` of
 /// the table indices a leaf serves. Returns the leaf's `lf_next` (0 for a
 /// dinode area).
-fn check_area(fs: &mut Fsck, dir: u64, blk: u64, start: usize, leaf: Option<(usize, usize, u16)>, state: &mut DirState) -> Result<u64> {
+fn check_area(
+    fs: &mut Fsck,
+    dir: u64,
+    blk: u64,
+    start: usize,
+    leaf: Option<(usize, usize, u16)>,
+    state: &mut DirState,
+) -> Result<u64> {
     let mut buf = fs.vol.read(blk)?;
-    let obj = if blk == dir { object(dir) } else { format!("directory {dir} leaf {blk}") };
+    let obj = if blk == dir {
+        object(dir)
+    } else {
+        format!("directory {dir} leaf {blk}")
+    };
     let mut write = false;
-    let offsets = salvage(&mut |msg, fix| fs.problem(&obj, msg, fix), &mut buf[start..], &mut write);
+    let offsets = salvage(
+        &mut |msg, fix| fs.problem(&obj, msg, fix),
+        &mut buf[start..],
+        &mut write,
+    );
     let area_len = buf.len() - start;
     let mut deletes: Vec<usize> = Vec::new();
     let mut used = 0u32;
     for (k, &off) in offsets.iter().enumerate() {
         let area = &mut buf[start..];
-        let h = *RawDirent::ref_from_prefix(&area[off..]).expect("salvage keeps 40 bytes").0;
+        let h = *RawDirent::ref_from_prefix(&area[off..])
+            .expect("salvage keeps 40 bytes")
+            .0;
         let inum = Inum::from(&h.de_inum);
         if inum.is_zero() {
             continue;
@@ -301,7 +417,11 @@ fn check_area(fs: &mut Fsck, dir: u64, blk: u64, start: usize, leaf: Option<(usi
         let name_at = off + DIRENT_HEADER_SIZE;
         let eobj = |n: &[u8]| entry_object(dir, n);
         if name_len == 0 {
-            if fs.problem(&obj, format!("entry at offset {off} has an empty name: removed"), Fix::Risky) {
+            if fs.problem(
+                &obj,
+                format!("entry at offset {off} has an empty name: removed"),
+                Fix::Risky,
+            ) {
                 write = true;
             }
             deletes.push(k);
@@ -312,18 +432,32 @@ fn check_area(fs: &mut Fsck, dir: u64, blk: u64, start: usize, leaf: Option<(usi
             let max = (rec_len - DIRENT_HEADER_SIZE).min(FNAMESIZE);
             let shown = area[name_at..name_at + name_len].to_vec();
             if let Some(l) = (1..=max).find(|&l| disk_hash(&area[name_at..name_at + l]) == hash) {
-                if fs.problem(eobj(&shown), format!("de_name_len {name_len} does not match the hash; the name is {l} bytes"), Fix::Risky) {
+                if fs.problem(
+                    eobj(&shown),
+                    format!(
+                        "de_name_len {name_len} does not match the hash; the name is {l} bytes"
+                    ),
+                    Fix::Risky,
+                ) {
                     write = true;
                 }
                 name_len = l;
-                let raw = RawDirent::mut_from_prefix(&mut area[off..]).expect("dirent").0;
+                let raw = RawDirent::mut_from_prefix(&mut area[off..])
+                    .expect("dirent")
+                    .0;
                 raw.de_name_len = (l as u16).into();
             } else {
                 let want = disk_hash(&area[name_at..name_at + name_len]);
-                if fs.problem(eobj(&shown), format!("de_hash {hash:#010x} does not match the name ({want:#010x})"), Fix::Risky) {
+                if fs.problem(
+                    eobj(&shown),
+                    format!("de_hash {hash:#010x} does not match the name ({want:#010x})"),
+                    Fix::Risky,
+                ) {
                     write = true;
                 }
-                let raw = RawDirent::mut_from_prefix(&mut area[off..]).expect("dirent").0;
+                let raw = RawDirent::mut_from_prefix(&mut area[off..])
+                    .expect("dirent")
+                    .0;
                 raw.de_hash = want.into();
             }
         }
@@ -337,63 +471,114 @@ fn check_area(fs: &mut Fsck, dir: u64, blk: u64, start: usize, leaf: Option<(usi
             deletes.push(k);
         };
         if name.contains(&b'/') || name.contains(&0) {
-            delete(fs, "name contains '/' or NUL".into(), &mut write, &mut deletes);
+            delete(
+                fs,
+                "name contains '/' or NUL".into(),
+                &mut write,
+                &mut deletes,
+            );
             continue;
         }
         let is_dot = name == b".";
         let is_dotdot = name == b"..";
-        if is_dot && state.dot || is_dotdot && state.dotdot.is_some() || !is_dot && !is_dotdot && state.names.contains(&name) {
+        if is_dot && state.dot
+            || is_dotdot && state.dotdot.is_some()
+            || !is_dot && !is_dotdot && state.names.contains(&name)
+        {
             delete(fs, "duplicate name".into(), &mut write, &mut deletes);
             continue;
         }
         if let Some((first, end, depth)) = leaf {
             let idx = hash_index(hash, depth);
             if !(first..end).contains(&idx)
-                && fs.problem(&eo, format!("is in leaf {blk}, but its hash belongs to table index {idx}: moved"), Fix::Risky) {
-                    write = true;
-                    state.moved.push((name.clone(), inum, h.de_type.get()));
-                    deletes.push(k);
-                    state.names.insert(name);
-                    continue;
-                }
+                && fs.problem(
+                    &eo,
+                    format!("is in leaf {blk}, but its hash belongs to table index {idx}: moved"),
+                    Fix::Risky,
+                )
+            {
+                write = true;
+                state.moved.push((name.clone(), inum, h.de_type.get()));
+                deletes.push(k);
+                state.names.insert(name);
+                continue;
+            }
         }
         // The target.
         let mut target = inum.addr;
         if is_dot && target != dir {
-            if fs.problem(&eo, format!("points to block {target}, not to its directory: corrected"), Fix::Safe) {
+            if fs.problem(
+                &eo,
+                format!("points to block {target}, not to its directory: corrected"),
+                Fix::Safe,
+            ) {
                 write = true;
             }
             target = dir;
         }
-        if !fs.inodes.contains_key(&target) && fs.map.get(target).is_none() && pass1::is_dinode_for(fs, target) {
+        if !fs.inodes.contains_key(&target)
+            && fs.map.get(target).is_none()
+            && pass1::is_dinode_for(fs, target)
+        {
             pass1::check_inode(fs, target, false)?;
         }
         let Some(info) = fs.inodes.get(&target).cloned() else {
-            delete(fs, format!("points to block {target}, which is not an inode"), &mut write, &mut deletes);
+            delete(
+                fs,
+                format!("points to block {target}, which is not an inode"),
+                &mut write,
+                &mut deletes,
+            );
             continue;
         };
         if is_dotdot && !info.is_dir() {
-            delete(fs, format!("points to inode {target}, which is not a directory"), &mut write, &mut deletes);
+            delete(
+                fs,
+                format!("points to inode {target}, which is not a directory"),
+                &mut write,
+                &mut deletes,
+            );
             continue;
         }
         if !is_dot && !is_dotdot && target == dir {
-            delete(fs, "names its own directory".into(), &mut write, &mut deletes);
+            delete(
+                fs,
+                "names its own directory".into(),
+                &mut write,
+                &mut deletes,
+            );
             continue;
         }
         let area = &mut buf[start..];
-        let raw = RawDirent::mut_from_prefix(&mut area[off..]).expect("dirent").0;
+        let raw = RawDirent::mut_from_prefix(&mut area[off..])
+            .expect("dirent")
+            .0;
         if raw.de_inum.no_addr.get() != target {
             raw.de_inum.no_addr = target.into();
         }
         if inum.formal_ino != info.formal {
-            if fs.problem(&eo, format!("formal inode number {} does not match inode {target}'s {}: corrected", inum.formal_ino, info.formal), Fix::Risky) {
+            if fs.problem(
+                &eo,
+                format!(
+                    "formal inode number {} does not match inode {target}'s {}: corrected",
+                    inum.formal_ino, info.formal
+                ),
+                Fix::Risky,
+            ) {
                 write = true;
             }
             raw.de_inum.no_formal_ino = info.formal.into();
         }
         let want_type = info.dirent_type();
         if raw.de_type.get() != want_type {
-            if fs.problem(&eo, format!("de_type {} does not match the inode's type {want_type}", raw.de_type.get()), Fix::Safe) {
+            if fs.problem(
+                &eo,
+                format!(
+                    "de_type {} does not match the inode's type {want_type}",
+                    raw.de_type.get()
+                ),
+                Fix::Safe,
+            ) {
                 write = true;
             }
             raw.de_type = want_type.into();
@@ -415,12 +600,20 @@ fn check_area(fs: &mut Fsck, dir: u64, blk: u64, start: usize, leaf: Option<(usi
         let area = &mut buf[start..];
         let off = offsets[k];
         if k == 0 {
-            let raw = RawDirent::mut_from_prefix(&mut area[off..]).expect("dirent").0;
+            let raw = RawDirent::mut_from_prefix(&mut area[off..])
+                .expect("dirent")
+                .0;
             raw.de_inum = Default::default();
         } else {
             let prev = offsets[k - 1];
-            let len = RawDirent::ref_from_prefix(&area[off..]).expect("dirent").0.de_rec_len.get();
-            let raw = RawDirent::mut_from_prefix(&mut area[prev..]).expect("dirent").0;
+            let len = RawDirent::ref_from_prefix(&area[off..])
+                .expect("dirent")
+                .0
+                .de_rec_len
+                .get();
+            let raw = RawDirent::mut_from_prefix(&mut area[prev..])
+                .expect("dirent")
+                .0;
             raw.de_rec_len = (raw.de_rec_len.get() + len).into();
         }
     }
@@ -432,7 +625,11 @@ fn check_area(fs: &mut Fsck, dir: u64, blk: u64, start: usize, leaf: Option<(usi
         next = raw.lf_next.get();
         let stored = raw.lf_entries.get();
         if stored as u32 != used {
-            if fs.problem(&obj, format!("lf_entries is {stored}, the leaf has {used} entries"), Fix::Safe) {
+            if fs.problem(
+                &obj,
+                format!("lf_entries is {stored}, the leaf has {used} entries"),
+                Fix::Safe,
+            ) {
                 write = true;
             }
             let raw = RawLeaf::mut_from_prefix(&mut buf).expect("leaf").0;
@@ -451,7 +648,9 @@ fn plausible(area: &[u8], off: usize) -> bool {
     if off + DIRENT_HEADER_SIZE > area.len() {
         return false;
     }
-    let h = RawDirent::ref_from_prefix(&area[off..]).expect("40 bytes").0;
+    let h = RawDirent::ref_from_prefix(&area[off..])
+        .expect("40 bytes")
+        .0;
     let rec_len = h.de_rec_len.get() as usize;
     let name_len = h.de_name_len.get() as usize;
     rec_len >= DIRENT_HEADER_SIZE
@@ -460,12 +659,15 @@ fn plausible(area: &[u8], off: usize) -> bool {
         && name_len > 0
         && DIRENT_HEADER_SIZE + name_len <= rec_len
         && !Inum::from(&h.de_inum).is_zero()
-        && disk_hash(&area[off + DIRENT_HEADER_SIZE..off + DIRENT_HEADER_SIZE + name_len]) == h.de_hash.get()
+        && disk_hash(&area[off + DIRENT_HEADER_SIZE..off + DIRENT_HEADER_SIZE + name_len])
+            == h.de_hash.get()
 }
 
 /// The next plausible dirent at or after `from` (8-aligned), if any.
 fn next_plausible(area: &[u8], from: usize) -> Option<usize> {
-    (from.next_multiple_of(8)..area.len()).step_by(8).find(|&o| plausible(area, o))
+    (from.next_multiple_of(8)..area.len())
+        .step_by(8)
+        .find(|&o| plausible(area, o))
 }
 
 /// Makes the area's entries tile it, repairing in memory, and returns the
@@ -474,7 +676,11 @@ fn next_plausible(area: &[u8], from: usize) -> Option<usize> {
 /// `report(message, fix)` records a problem and says whether to repair it
 /// (the area is repaired in memory either way; `write` says whether the
 /// block may be written back).
-fn salvage(report: &mut dyn FnMut(String, Fix) -> bool, area: &mut [u8], write: &mut bool) -> Vec<usize> {
+fn salvage(
+    report: &mut dyn FnMut(String, Fix) -> bool,
+    area: &mut [u8],
+    write: &mut bool,
+) -> Vec<usize> {
     let len = area.len();
     let mut offsets: Vec<usize> = Vec::new();
     let mut off = 0usize;
@@ -485,53 +691,84 @@ fn salvage(report: &mut dyn FnMut(String, Fix) -> bool, area: &mut [u8], write: 
                 if report(format!("{} bytes at offset {off} are too short for an entry: given to the previous entry", len - off), Fix::Safe) {
                     *write = true;
                 }
-                let raw = RawDirent::mut_from_prefix(&mut area[prev..]).expect("dirent").0;
+                let raw = RawDirent::mut_from_prefix(&mut area[prev..])
+                    .expect("dirent")
+                    .0;
                 raw.de_rec_len = (raw.de_rec_len.get() + (len - off) as u16).into();
             }
             break;
         }
-        let h = *RawDirent::ref_from_prefix(&area[off..]).expect("40 bytes").0;
+        let h = *RawDirent::ref_from_prefix(&area[off..])
+            .expect("40 bytes")
+            .0;
         let rec_len = h.de_rec_len.get() as usize;
         let name_len = h.de_name_len.get() as usize;
         let used = !Inum::from(&h.de_inum).is_zero();
-        let tiles = rec_len >= DIRENT_HEADER_SIZE && rec_len.is_multiple_of(8) && off + rec_len <= len && DIRENT_HEADER_SIZE + name_len <= rec_len;
-        let rec_ok = rec_len >= DIRENT_HEADER_SIZE && rec_len.is_multiple_of(8) && off + rec_len <= len;
+        let tiles = rec_len >= DIRENT_HEADER_SIZE
+            && rec_len.is_multiple_of(8)
+            && off + rec_len <= len
+            && DIRENT_HEADER_SIZE + name_len <= rec_len;
+        let rec_ok =
+            rec_len >= DIRENT_HEADER_SIZE && rec_len.is_multiple_of(8) && off + rec_len <= len;
         if rec_ok && used && DIRENT_HEADER_SIZE + name_len > rec_len {
             // Only the name length is impossible: the hash tells the real one.
             let name = &area[off + DIRENT_HEADER_SIZE..off + rec_len];
-            if let Some(l) = (1..=name.len().min(FNAMESIZE)).find(|&l| disk_hash(&name[..l]) == h.de_hash.get()) {
+            if let Some(l) =
+                (1..=name.len().min(FNAMESIZE)).find(|&l| disk_hash(&name[..l]) == h.de_hash.get())
+            {
                 if report(format!("entry at offset {off} has de_name_len {name_len}, longer than the entry; its hash says {l}"), Fix::Risky) {
                     *write = true;
                 }
-                let raw = RawDirent::mut_from_prefix(&mut area[off..]).expect("dirent").0;
+                let raw = RawDirent::mut_from_prefix(&mut area[off..])
+                    .expect("dirent")
+                    .0;
                 raw.de_name_len = (l as u16).into();
                 continue;
             }
         }
         if !tiles {
-            let own_ok = used && name_len > 0 && off + dirent_size(name_len) <= len && disk_hash(&area[off + DIRENT_HEADER_SIZE..off + DIRENT_HEADER_SIZE + name_len]) == h.de_hash.get();
+            let own_ok = used
+                && name_len > 0
+                && off + dirent_size(name_len) <= len
+                && disk_hash(&area[off + DIRENT_HEADER_SIZE..off + DIRENT_HEADER_SIZE + name_len])
+                    == h.de_hash.get();
             if own_ok {
                 // Only rec_len is wrong: the entry reaches the next good one.
                 let end = next_plausible(area, off + dirent_size(name_len)).unwrap_or(len);
-                if report(format!("entry at offset {off} has de_rec_len {rec_len}; set to {}", end - off), Fix::Risky) {
+                if report(
+                    format!(
+                        "entry at offset {off} has de_rec_len {rec_len}; set to {}",
+                        end - off
+                    ),
+                    Fix::Risky,
+                ) {
                     *write = true;
                 }
-                let raw = RawDirent::mut_from_prefix(&mut area[off..]).expect("dirent").0;
+                let raw = RawDirent::mut_from_prefix(&mut area[off..])
+                    .expect("dirent")
+                    .0;
                 raw.de_rec_len = ((end - off) as u16).into();
                 continue;
             }
             let end = next_plausible(area, off + 8).unwrap_or(len);
-            if report(format!("bytes {off}..{end} hold no readable entry: dropped"), Fix::Risky) {
+            if report(
+                format!("bytes {off}..{end} hold no readable entry: dropped"),
+                Fix::Risky,
+            ) {
                 *write = true;
             }
             match offsets.last() {
                 Some(&prev) => {
-                    let raw = RawDirent::mut_from_prefix(&mut area[prev..]).expect("dirent").0;
+                    let raw = RawDirent::mut_from_prefix(&mut area[prev..])
+                        .expect("dirent")
+                        .0;
                     raw.de_rec_len = (raw.de_rec_len.get() + (end - off) as u16).into();
                 }
                 None => {
                     area[off..off + DIRENT_HEADER_SIZE].fill(0);
-                    let raw = RawDirent::mut_from_prefix(&mut area[off..]).expect("dirent").0;
+                    let raw = RawDirent::mut_from_prefix(&mut area[off..])
+                        .expect("dirent")
+                        .0;
                     raw.de_rec_len = ((end - off) as u16).into();
                     offsets.push(off);
                 }
@@ -541,10 +778,15 @@ fn salvage(report: &mut dyn FnMut(String, Fix) -> bool, area: &mut [u8], write: 
         }
         if !used && off != 0 {
             if let Some(&prev) = offsets.last() {
-                if report(format!("unused entry at offset {off} is not the first of its block: merged"), Fix::Safe) {
+                if report(
+                    format!("unused entry at offset {off} is not the first of its block: merged"),
+                    Fix::Safe,
+                ) {
                     *write = true;
                 }
-                let raw = RawDirent::mut_from_prefix(&mut area[prev..]).expect("dirent").0;
+                let raw = RawDirent::mut_from_prefix(&mut area[prev..])
+                    .expect("dirent")
+                    .0;
                 raw.de_rec_len = (raw.de_rec_len.get() + rec_len as u16).into();
                 off += rec_len;
                 continue;
@@ -567,12 +809,16 @@ mod tests {
     fn tiles(area: &[u8]) -> Result<(), String> {
         let mut off = 0;
         while off < area.len() {
-            let h = RawDirent::ref_from_prefix(&area[off..]).map_err(|_| format!("short tail at {off}"))?.0;
+            let h = RawDirent::ref_from_prefix(&area[off..])
+                .map_err(|_| format!("short tail at {off}"))?
+                .0;
             let rec = h.de_rec_len.get() as usize;
             if rec < DIRENT_HEADER_SIZE || !rec.is_multiple_of(8) || off + rec > area.len() {
                 return Err(format!("bad rec_len {rec} at {off}"));
             }
-            if !Inum::from(&h.de_inum).is_zero() && DIRENT_HEADER_SIZE + h.de_name_len.get() as usize > rec {
+            if !Inum::from(&h.de_inum).is_zero()
+                && DIRENT_HEADER_SIZE + h.de_name_len.get() as usize > rec
+            {
                 return Err(format!("name does not fit at {off}"));
             }
             if off != 0 && Inum::from(&h.de_inum).is_zero() {
@@ -587,7 +833,13 @@ mod tests {
         let mut area = vec![0u8; 3864];
         init_dir(&mut area, Inum::new(1, 100), Inum::new(1, 100), dt::DIR);
         for (i, n) in names.iter().enumerate() {
-            insert(&mut area, Inum::new(10 + i as u64, 1000 + i as u64), n.as_bytes(), dt::REG).unwrap();
+            insert(
+                &mut area,
+                Inum::new(10 + i as u64, 1000 + i as u64),
+                n.as_bytes(),
+                dt::REG,
+            )
+            .unwrap();
         }
         area
     }
@@ -599,7 +851,14 @@ mod tests {
         let before = area.clone();
         let mut problems = 0;
         let mut write = false;
-        let offsets = salvage(&mut |_, _| { problems += 1; true }, &mut area, &mut write);
+        let offsets = salvage(
+            &mut |_, _| {
+                problems += 1;
+                true
+            },
+            &mut area,
+            &mut write,
+        );
         assert_eq!((problems, write, offsets.len()), (0, false, 32));
         assert_eq!(area, before);
     }

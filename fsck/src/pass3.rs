@@ -19,7 +19,12 @@ use crate::volume::Result;
 
 pub fn run(fs: &mut Fsck) -> Result<()> {
     let (root, master) = (fs.sys.root, fs.sys.master);
-    let dirs: Vec<u64> = fs.inodes.iter().filter(|(_, i)| i.is_dir()).map(|(&a, _)| a).collect();
+    let dirs: Vec<u64> = fs
+        .inodes
+        .iter()
+        .filter(|(_, i)| i.is_dir())
+        .map(|(&a, _)| a)
+        .collect();
     fs.progress.start("pass3", dirs.len() as u64);
     let mut named_by: BTreeMap<u64, Vec<Link>> = BTreeMap::new();
     for l in &fs.links {
@@ -30,25 +35,28 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
     for (&d, links) in &named_by {
         if d == root || d == master {
             for l in links {
-                let msg = format!("names the {} directory: entry removed", if d == root { "root" } else { "master" });
-                if fs.problem(format!("directory {} entry {:?}", l.dir, String::from_utf8_lossy(&l.name)), msg, Fix::Risky) {
-                    dir::remove(&fs.vol, l.dir, &l.name)?;
-                    dec_ref(fs, d);
-                }
+                let msg = format!(
+                    "names the {} directory: entry removed",
+                    if d == root { "root" } else { "master" }
+                );
+                remove_link(fs, l, msg)?;
             }
             continue;
         }
         let dotdot = fs.inodes.get(&d).and_then(|i| i.dotdot);
-        let keep = links.iter().position(|l| Some(l.dir) == dotdot).unwrap_or(0);
+        let keep = links
+            .iter()
+            .position(|l| Some(l.dir) == dotdot)
+            .unwrap_or(0);
         for (i, l) in links.iter().enumerate() {
             if i == keep {
                 continue;
             }
-            let msg = format!("also names directory {d}, which belongs in directory {}: entry removed", links[keep].dir);
-            if fs.problem(format!("directory {} entry {:?}", l.dir, String::from_utf8_lossy(&l.name)), msg, Fix::Risky) {
-                dir::remove(&fs.vol, l.dir, &l.name)?;
-                dec_ref(fs, d);
-            }
+            let msg = format!(
+                "also names directory {d}, which belongs in directory {}: entry removed",
+                links[keep].dir
+            );
+            remove_link(fs, l, msg)?;
         }
         parent.insert(d, links[keep].clone());
     }
@@ -77,7 +85,11 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
         let object = format!("directory {top}");
         let moved = match parent.get(&top).cloned() {
             Some(l) => {
-                let msg = format!("is in a loop of directories (named {:?} in directory {}): moved to lost+found", String::from_utf8_lossy(&l.name), l.dir);
+                let msg = format!(
+                    "is in a loop of directories (named {:?} in directory {}): moved to lost+found",
+                    String::from_utf8_lossy(&l.name),
+                    l.dir
+                );
                 if fs.problem(&object, msg, Fix::Risky) {
                     dir::remove(&fs.vol, l.dir, &l.name)?;
                     dec_ref(fs, top);
@@ -86,11 +98,22 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
                     false
                 }
             }
-            None => fs.problem(&object, "is not named by any directory: moved to lost+found", Fix::Risky),
+            None => fs.problem(
+                &object,
+                "is not named by any directory: moved to lost+found",
+                Fix::Risky,
+            ),
         };
         if moved && fs.move_to_lost_found(top)? {
             let lf = fs.lost_found.expect("made by move_to_lost_found");
-            parent.insert(top, Link { dir: lf, name: format!("#{top}").into_bytes(), target: top });
+            parent.insert(
+                top,
+                Link {
+                    dir: lf,
+                    name: format!("#{top}").into_bytes(),
+                    target: top,
+                },
+            );
             children.entry(lf).or_default().push(top);
             reachable.insert(lf);
         }
@@ -99,8 +122,14 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
     }
     // ".." of every directory.
     for &d in &dirs {
-        let Some(info) = fs.inodes.get(&d).cloned() else { continue };
-        let want = if d == root || d == master { Some(d) } else { parent.get(&d).map(|l| l.dir) };
+        let Some(info) = fs.inodes.get(&d).cloned() else {
+            continue;
+        };
+        let want = if d == root || d == master {
+            Some(d)
+        } else {
+            parent.get(&d).map(|l| l.dir)
+        };
         let Some(want) = want else { continue };
         if info.dotdot == Some(want) {
             continue;
@@ -109,7 +138,11 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
         let want_inum = Inum::new(fs.inodes.get(&want).map_or(0, |i| i.formal), want);
         match info.dotdot {
             Some(old) => {
-                if fs.problem(&object, format!("\"..\" points to directory {old}, should be {want}"), Fix::Safe) {
+                if fs.problem(
+                    &object,
+                    format!("\"..\" points to directory {old}, should be {want}"),
+                    Fix::Safe,
+                ) {
                     dir::retarget(&fs.vol, d, b"..", want_inum, dt::DIR)?;
                     dec_ref(fs, old);
                     inc_ref(fs, want);
@@ -117,9 +150,15 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
                 }
             }
             None => {
-                if fs.problem(&object, format!("has no \"..\" entry: added, pointing to {want}"), Fix::Safe) {
+                if fs.problem(
+                    &object,
+                    format!("has no \"..\" entry: added, pointing to {want}"),
+                    Fix::Safe,
+                ) {
                     let map = &fs.map;
-                    let got = dir::insert(&mut fs.vol, d, b"..", want_inum, dt::DIR, &|b| map.get(b).is_none())?;
+                    let got = dir::insert(&mut fs.vol, d, b"..", want_inum, dt::DIR, &|b| {
+                        map.get(b).is_none()
+                    })?;
                     for (b, u) in got {
                         fs.claim(b, u, d);
                     }
@@ -130,6 +169,21 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
         }
     }
     fs.progress.finish();
+    Ok(())
+}
+
+/// Reports entry `l` (naming directory `l.target`) and removes it when
+/// allowed.
+fn remove_link(fs: &mut Fsck, l: &Link, msg: String) -> Result<()> {
+    let object = format!(
+        "directory {} entry {:?}",
+        l.dir,
+        String::from_utf8_lossy(&l.name)
+    );
+    if fs.problem(object, msg, Fix::Risky) {
+        dir::remove(&fs.vol, l.dir, &l.name)?;
+        dec_ref(fs, l.target);
+    }
     Ok(())
 }
 

@@ -53,11 +53,24 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
             }
         }
         if differ as usize > MAX_LINES_PER_KIND {
-            fs.problem(&object, format!("{} more blocks with a wrong bitmap state", differ as usize - MAX_LINES_PER_KIND), Fix::Safe);
+            fs.problem(
+                &object,
+                format!(
+                    "{} more blocks with a wrong bitmap state",
+                    differ as usize - MAX_LINES_PER_KIND
+                ),
+                Fix::Safe,
+            );
         }
         // Bits beyond the last block must be clear.
         let rg = &fs.vol.rgrps[i];
-        if bitmap::check_tail(&rg.bitmap, ri.data).is_err() && fs.problem(&object, "bitmap bits beyond the last block are set", Fix::Safe) {
+        if bitmap::check_tail(&rg.bitmap, ri.data).is_err()
+            && fs.problem(
+                &object,
+                "bitmap bits beyond the last block are set",
+                Fix::Safe,
+            )
+        {
             let rg = &mut fs.vol.rgrps[i];
             for idx in ri.data..ri.bitbytes * 4 {
                 bitmap::set(&mut rg.bitmap, idx, BlockState::Free);
@@ -67,11 +80,23 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
         let rg = &fs.vol.rgrps[i];
         let (free, dinodes) = rg.counted();
         let (hfree, hdinodes) = (rg.header.free, rg.header.dinodes);
-        if hfree != free && fs.problem(&object, format!("rg_free is {hfree}, the bitmap has {free} free blocks"), Fix::Safe) {
+        if hfree != free
+            && fs.problem(
+                &object,
+                format!("rg_free is {hfree}, the bitmap has {free} free blocks"),
+                Fix::Safe,
+            )
+        {
             fs.vol.rgrps[i].header.free = free;
             fs.vol.rgrps[i].dirty = true;
         }
-        if hdinodes != dinodes && fs.problem(&object, format!("rg_dinodes is {hdinodes}, the bitmap has {dinodes} dinodes"), Fix::Safe) {
+        if hdinodes != dinodes
+            && fs.problem(
+                &object,
+                format!("rg_dinodes is {hdinodes}, the bitmap has {dinodes} dinodes"),
+                Fix::Safe,
+            )
+        {
             fs.vol.rgrps[i].header.dinodes = dinodes;
             fs.vol.rgrps[i].dirty = true;
         }

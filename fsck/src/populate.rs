@@ -11,7 +11,9 @@
 use rgfs::format::consts::{dif, dt, eatype, s_if, EAFLAG_LAST};
 use rgfs::format::ea::{ea_data_blocks, ea_is_stuffed, ea_record_size, EaHeader};
 use rgfs::format::meta::{init_block, set_pointer, Inum, META_HEADER_SIZE};
-use rgfs::format::{BlockState, Dinode, MetaType, OnDisk, Rindex, StatfsChange, Superblock, DINODE_SIZE};
+use rgfs::format::{
+    BlockState, Dinode, MetaType, OnDisk, Rindex, StatfsChange, Superblock, DINODE_SIZE,
+};
 use rgfs_block::BlockDevice;
 
 use crate::dir::{self, dinode_mut};
@@ -66,7 +68,8 @@ impl<'a> Populator<'a> {
         }
         load_rgrps_trusting(&mut vol, &rindex)?;
         let inum = read_file(&vol, inum_file)?;
-        let next_formal = u64::from_be_bytes(inum[..8].try_into().expect("inum file holds 8 bytes"));
+        let next_formal =
+            u64::from_be_bytes(inum[..8].try_into().expect("inum file holds 8 bytes"));
         Ok(Populator {
             vol,
             sb,
@@ -111,7 +114,14 @@ impl<'a> Populator<'a> {
     }
 
     fn add_entry(&mut self, parent: u64, name: &str, inum: Inum, de_type: u16) -> Result<()> {
-        dir::insert(&mut self.vol, parent, name.as_bytes(), inum, de_type, &|_| true)?;
+        dir::insert(
+            &mut self.vol,
+            parent,
+            name.as_bytes(),
+            inum,
+            de_type,
+            &|_| true,
+        )?;
         Ok(())
     }
 
@@ -180,7 +190,12 @@ impl<'a> Populator<'a> {
             d.blocks += 1;
         }
         let top = self.build_tree(d, 0, height, 0, &lblocks)?;
-        d.goal_data = lblocks.iter().flatten().last().copied().unwrap_or(d.num.addr);
+        d.goal_data = lblocks
+            .iter()
+            .flatten()
+            .last()
+            .copied()
+            .unwrap_or(d.num.addr);
         d.encode_into(&mut block);
         for (i, p) in top.into_iter().enumerate() {
             set_pointer(&mut block[DINODE_SIZE..], i, p);
@@ -190,7 +205,14 @@ impl<'a> Populator<'a> {
 
     /// The pointers of `level` covering logical blocks from `lstart`,
     /// allocating and writing the indirect blocks below.
-    fn build_tree(&mut self, d: &mut Dinode, level: usize, height: u16, lstart: u64, lblocks: &[Option<u64>]) -> Result<Vec<u64>> {
+    fn build_tree(
+        &mut self,
+        d: &mut Dinode,
+        level: usize,
+        height: u16,
+        lstart: u64,
+        lblocks: &[Option<u64>],
+    ) -> Result<Vec<u64>> {
         let geom = self.vol.geom.clone();
         let count = if level == 0 { geom.diptrs } else { geom.inptrs } as u64;
         let per = geom.blocks_per_pointer(level, height);
@@ -201,7 +223,10 @@ impl<'a> Populator<'a> {
                 break;
             }
             let last = (first + per).min(lblocks.len() as u64);
-            if lblocks[first as usize..last as usize].iter().all(Option::is_none) {
+            if lblocks[first as usize..last as usize]
+                .iter()
+                .all(Option::is_none)
+            {
                 continue;
             }
             if level + 1 == height as usize {
@@ -234,7 +259,14 @@ impl<'a> Populator<'a> {
     }
 
     /// A device node, FIFO or socket (`mode` includes the file type).
-    pub fn mknod(&mut self, parent: u64, name: &str, mode: u32, major: u32, minor: u32) -> Result<u64> {
+    pub fn mknod(
+        &mut self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    ) -> Result<u64> {
         let num = self.new_inum(parent)?;
         let mut d = self.blank_dinode(num, mode);
         d.major = major;
@@ -278,7 +310,10 @@ impl<'a> Populator<'a> {
                 blocks.push(Vec::new());
                 used = 0;
             }
-            blocks.last_mut().expect("one block").push((size, ty, name, value));
+            blocks
+                .last_mut()
+                .expect("one block")
+                .push((size, ty, name, value));
             used += size;
         }
         let mut new_blocks = 0u64;
@@ -293,7 +328,11 @@ impl<'a> Populator<'a> {
                 let last = k + 1 == recs.len();
                 let rec_len = if last { bsize - off } else { size };
                 let stuffed = ea_is_stuffed(bsize as u32, name.len(), value.len());
-                let num_ptrs = if stuffed { 0 } else { ea_data_blocks(bsize as u32, value.len()) };
+                let num_ptrs = if stuffed {
+                    0
+                } else {
+                    ea_data_blocks(bsize as u32, value.len())
+                };
                 let h = EaHeader {
                     rec_len: rec_len as u32,
                     data_len: value.len() as u32,
@@ -383,14 +422,62 @@ pub fn standard_content(p: &mut Populator) -> Result<()> {
     let max_stuffed = p.vol.geom.max_stuffed() as usize;
     let h1 = p.vol.geom.heightsize[1] as usize;
     let docs = p.mkdir(root, "docs")?;
-    p.create_file(docs, "small.txt", &FileSpec { data: b"hello, rgfs\n", sparse: false, mode: 0o644 })?;
-    p.create_file(docs, "stuffed-full", &FileSpec { data: &pattern(1, max_stuffed), sparse: false, mode: 0o644 })?;
-    p.create_file(docs, "empty", &FileSpec { data: b"", sparse: false, mode: 0o644 })?;
-    p.create_file(root, "h1", &FileSpec { data: &pattern(2, 5 * bsize + 100), sparse: false, mode: 0o644 })?;
-    let h2 = p.create_file(root, "h2", &FileSpec { data: &pattern(3, h1 + 3 * bsize), sparse: false, mode: 0o600 })?;
+    p.create_file(
+        docs,
+        "small.txt",
+        &FileSpec {
+            data: b"hello, rgfs\n",
+            sparse: false,
+            mode: 0o644,
+        },
+    )?;
+    p.create_file(
+        docs,
+        "stuffed-full",
+        &FileSpec {
+            data: &pattern(1, max_stuffed),
+            sparse: false,
+            mode: 0o644,
+        },
+    )?;
+    p.create_file(
+        docs,
+        "empty",
+        &FileSpec {
+            data: b"",
+            sparse: false,
+            mode: 0o644,
+        },
+    )?;
+    p.create_file(
+        root,
+        "h1",
+        &FileSpec {
+            data: &pattern(2, 5 * bsize + 100),
+            sparse: false,
+            mode: 0o644,
+        },
+    )?;
+    let h2 = p.create_file(
+        root,
+        "h2",
+        &FileSpec {
+            data: &pattern(3, h1 + 3 * bsize),
+            sparse: false,
+            mode: 0o600,
+        },
+    )?;
     let mut sparse = pattern(4, 40 * bsize);
     sparse[bsize..30 * bsize].fill(0);
-    p.create_file(root, "sparse", &FileSpec { data: &sparse, sparse: true, mode: 0o644 })?;
+    p.create_file(
+        root,
+        "sparse",
+        &FileSpec {
+            data: &sparse,
+            sparse: true,
+            mode: 0o644,
+        },
+    )?;
     p.symlink(root, "link-to-small", "docs/small.txt")?;
     p.symlink(docs, "dangling", "/nowhere/at/all")?;
     p.link(root, "hardlink-h1", p.lookup("/h1")?)?;
@@ -401,24 +488,59 @@ pub fn standard_content(p: &mut Populator) -> Result<()> {
     p.mknod(dev, "socket", s_if::SOCK | 0o755, 0, 0)?;
     // Extended attributes: stuffed, unstuffed (EA data blocks), indirect.
     let small = p.lookup("/docs/small.txt")?;
-    p.set_xattrs(small, &[(eatype::USER, "comment", b"a stuffed value"), (eatype::SECURITY, "selinux", b"system_u:object_r:tmp_t:s0")])?;
+    p.set_xattrs(
+        small,
+        &[
+            (eatype::USER, "comment", b"a stuffed value"),
+            (eatype::SECURITY, "selinux", b"system_u:object_r:tmp_t:s0"),
+        ],
+    )?;
     let big_value = pattern(5, 2 * bsize + 17);
     p.set_xattrs(p.lookup("/h1")?, &[(eatype::USER, "big", &big_value)])?;
-    let many: Vec<(u8, String, Vec<u8>)> = (0..40).map(|i| (eatype::USER, format!("attr{i:02}"), pattern(100 + i, 200))).collect();
-    let many_ref: Vec<(u8, &str, &[u8])> = many.iter().map(|(t, n, v)| (*t, n.as_str(), v.as_slice())).collect();
+    let many: Vec<(u8, String, Vec<u8>)> = (0..40)
+        .map(|i| (eatype::USER, format!("attr{i:02}"), pattern(100 + i, 200)))
+        .collect();
+    let many_ref: Vec<(u8, &str, &[u8])> = many
+        .iter()
+        .map(|(t, n, v)| (*t, n.as_str(), v.as_slice()))
+        .collect();
     p.set_xattrs(h2, &many_ref)?;
     // A deep tree and a big exhash directory with several leaves.
     let a = p.mkdir(root, "a")?;
     let b = p.mkdir(a, "b")?;
     let c = p.mkdir(b, "c")?;
-    p.create_file(c, "deep.txt", &FileSpec { data: b"deep\n", sparse: false, mode: 0o644 })?;
+    p.create_file(
+        c,
+        "deep.txt",
+        &FileSpec {
+            data: b"deep\n",
+            sparse: false,
+            mode: 0o644,
+        },
+    )?;
     let big = p.mkdir(root, "bigdir")?;
     for i in 0..400 {
         let name = format!("file-{i:04}");
         let data = pattern(1000 + i, (i as usize * 37) % 300);
-        p.create_file(big, &name, &FileSpec { data: &data, sparse: false, mode: 0o644 })?;
+        p.create_file(
+            big,
+            &name,
+            &FileSpec {
+                data: &data,
+                sparse: false,
+                mode: 0o644,
+            },
+        )?;
     }
     let sub = p.mkdir(big, "subdir")?;
-    p.create_file(sub, "inner", &FileSpec { data: b"inner\n", sparse: false, mode: 0o644 })?;
+    p.create_file(
+        sub,
+        "inner",
+        &FileSpec {
+            data: b"inner\n",
+            sparse: false,
+            mode: 0o644,
+        },
+    )?;
     Ok(())
 }

@@ -250,7 +250,11 @@ mod tests {
 
     #[test]
     fn mode_decides_which_repairs_are_made() {
-        for (mode, safe, risky) in [(Mode::No, false, false), (Mode::Yes, true, true), (Mode::Preen, true, false)] {
+        for (mode, safe, risky) in [
+            (Mode::No, false, false),
+            (Mode::Yes, true, true),
+            (Mode::Preen, true, false),
+        ] {
             let mut r = Report::new(mode, false, None);
             assert_eq!(r.problem("x", "a", Fix::Safe), safe, "{mode:?}");
             assert_eq!(r.problem("x", "b", Fix::Risky), risky, "{mode:?}");

@@ -26,7 +26,9 @@ fn header_chain(vol: &Volume) -> Vec<Rindex> {
     let mut addr = vol.geom.sb_addr() + 1;
     while out.len() < 1 << 20 {
         let Ok(block) = vol.read(addr) else { break };
-        let Ok(raw) = RgrpHeader::raw(&block) else { break };
+        let Ok(raw) = RgrpHeader::raw(&block) else {
+            break;
+        };
         if raw.rg_header.check(MetaType::Rgrp).is_err() {
             break;
         }
@@ -39,7 +41,10 @@ fn header_chain(vol: &Volume) -> Vec<Rindex> {
             data: bitbytes.saturating_mul(4),
             bitbytes,
         };
-        if raw.rg_data0.get() != ri.data0 || raw.rg_data.get() != ri.data || ri.data_end() > vol.dev_blocks {
+        if raw.rg_data0.get() != ri.data0
+            || raw.rg_data.get() != ri.data
+            || ri.data_end() > vol.dev_blocks
+        {
             break;
         }
         out.push(ri);
@@ -58,14 +63,23 @@ fn check_entry(vol: &Volume, raw: &[u8], prev: Option<&Rindex>) -> Result<Rindex
     let ri = Rindex::decode(raw).map_err(|e| e.to_string())?;
     ri.check_geometry(&vol.geom).map_err(|e| e.to_string())?;
     if ri.data_end() > vol.dev_blocks {
-        return Err(format!("group at {} ends at block {}, beyond the device ({} blocks)", ri.addr, ri.data_end(), vol.dev_blocks));
+        return Err(format!(
+            "group at {} ends at block {}, beyond the device ({} blocks)",
+            ri.addr,
+            ri.data_end(),
+            vol.dev_blocks
+        ));
     }
     if ri.addr <= vol.geom.sb_addr() {
         return Err(format!("group at {} overlaps the superblock", ri.addr));
     }
     if let Some(p) = prev {
         if ri.addr < p.data_end() {
-            return Err(format!("group at {} overlaps the previous group (ends at {})", ri.addr, p.data_end()));
+            return Err(format!(
+                "group at {} overlaps the previous group (ends at {})",
+                ri.addr,
+                p.data_end()
+            ));
         }
     }
     Ok(ri)
@@ -78,21 +92,46 @@ fn index(fs: &mut Fsck) -> Result<Vec<Rindex>> {
         if chain.is_empty() {
             return fatal("no rindex and no resource group headers: cannot go on");
         }
-        fs.problem("rindex", format!("missing; using the {} groups found from their headers", chain.len()), Fix::None);
+        fs.problem(
+            "rindex",
+            format!(
+                "missing; using the {} groups found from their headers",
+                chain.len()
+            ),
+            Fix::None,
+        );
         return Ok(chain);
     };
     let bytes = match read_file(&fs.vol, rindex_addr) {
         Ok(b) => b,
         Err(e) => {
             if chain.is_empty() {
-                return fatal(format!("rindex cannot be read ({e}) and no resource group headers were found"));
+                return fatal(format!(
+                    "rindex cannot be read ({e}) and no resource group headers were found"
+                ));
             }
-            fs.problem("rindex", format!("cannot be read ({e}); using the {} groups found from their headers", chain.len()), Fix::None);
+            // Pass 1 may repair the rindex inode; its contents are checked
+            // against these groups after it.
+            fs.report.note(
+                "rindex",
+                format!(
+                    "cannot be read ({e}); using the {} groups found from their headers",
+                    chain.len()
+                ),
+            );
+            fs.unread_rindex = Some(chain.clone());
             return Ok(chain);
         }
     };
     if bytes.len() % RINDEX_SIZE != 0 || bytes.is_empty() {
-        fs.problem("rindex", format!("size {} is not a positive multiple of {RINDEX_SIZE}", bytes.len()), Fix::None);
+        fs.problem(
+            "rindex",
+            format!(
+                "size {} is not a positive multiple of {RINDEX_SIZE}",
+                bytes.len()
+            ),
+            Fix::None,
+        );
     }
     let mut list: Vec<Rindex> = Vec::new();
     let mut rewrite = false;
@@ -100,12 +139,23 @@ fn index(fs: &mut Fsck) -> Result<Vec<Rindex>> {
         match check_entry(&fs.vol, raw, list.last()) {
             Ok(ri) => list.push(ri),
             Err(why) => {
-                let replacement = chain.get(i).copied().filter(|c| list.last().is_none_or(|p| c.addr >= p.data_end()));
+                let replacement = chain
+                    .get(i)
+                    .copied()
+                    .filter(|c| list.last().is_none_or(|p| c.addr >= p.data_end()));
                 let Some(c) = replacement else {
-                    fs.problem(format!("rindex entry {i}"), format!("{why}, and no resource group header to rebuild it from"), Fix::None);
+                    fs.problem(
+                        format!("rindex entry {i}"),
+                        format!("{why}, and no resource group header to rebuild it from"),
+                        Fix::None,
+                    );
                     return fatal("cannot proceed without a valid rindex");
                 };
-                if fs.problem(format!("rindex entry {i}"), format!("{why}; rebuilt from the header at block {}", c.addr), Fix::Safe) {
+                if fs.problem(
+                    format!("rindex entry {i}"),
+                    format!("{why}; rebuilt from the header at block {}", c.addr),
+                    Fix::Safe,
+                ) {
                     rewrite = true;
                 }
                 list.push(c);
@@ -133,12 +183,18 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
         fs.progress.inc();
         let (bitmap, blocks) = read_rgrp_raw(&fs.vol, ri)?;
         let object = format!("resource group {} (block {})", i, ri.addr);
-        let raw: RawRgrp = *RawRgrp::ref_from_prefix(&blocks[0]).expect("a block holds a header").0;
+        let raw: RawRgrp = *RawRgrp::ref_from_prefix(&blocks[0])
+            .expect("a block holds a header")
+            .0;
         let skip = list.get(i + 1).map_or(0, |n| (n.addr - ri.addr) as u32);
         let mut dirty = false;
         let header = match raw.rg_header.check(MetaType::Rgrp) {
             Err(e) => {
-                if fs.problem(&object, format!("header is damaged ({e}); rebuilt from the rindex"), Fix::Risky) {
+                if fs.problem(
+                    &object,
+                    format!("header is damaged ({e}); rebuilt from the rindex"),
+                    Fix::Risky,
+                ) {
                     dirty = true;
                 }
                 RgrpHeader::empty(ri, skip)
@@ -147,11 +203,26 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
                 let mut h = raw.fields();
                 let stored = raw.rg_crc.get();
                 let computed = raw.compute_crc();
-                if stored != 0 && stored != computed && fs.problem(&object, format!("rg_crc is {stored:#010x}, the header's checksum is {computed:#010x}"), Fix::Safe) {
+                if stored != 0
+                    && stored != computed
+                    && fs.problem(
+                        &object,
+                        format!(
+                            "rg_crc is {stored:#010x}, the header's checksum is {computed:#010x}"
+                        ),
+                        Fix::Safe,
+                    )
+                {
                     dirty = true;
                 }
                 let mut field = |fs: &mut Fsck, name: &str, have: u64, want: u64| {
-                    if have != want && fs.problem(&object, format!("{name} is {have}, should be {want}"), Fix::Safe) {
+                    if have != want
+                        && fs.problem(
+                            &object,
+                            format!("{name} is {have}, should be {want}"),
+                            Fix::Safe,
+                        )
+                    {
                         dirty = true;
                     }
                 };
@@ -169,7 +240,9 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
             }
         };
         for (b, block) in blocks.iter().enumerate().skip(1) {
-            let raw = RawMetaHeader::ref_from_prefix(block).expect("a block holds a header").0;
+            let raw = RawMetaHeader::ref_from_prefix(block)
+                .expect("a block holds a header")
+                .0;
             if let Err(e) = raw.check(MetaType::RgrpBitmap) {
                 if fs.problem(&object, format!("bitmap block {} is damaged ({e}); its header is rewritten, its bits checked in pass5", ri.addr + b as u64), Fix::Safe) {
                     dirty = true;
@@ -187,5 +260,50 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
         }
     }
     fs.progress.finish();
+    Ok(())
+}
+
+/// After pass 1: the rindex that could not be read before must now hold
+/// exactly the groups in use; entries are rewritten in place when they
+/// differ.
+pub fn recheck_rindex(fs: &mut Fsck) -> Result<()> {
+    let Some(groups) = fs.unread_rindex.take() else {
+        return Ok(());
+    };
+    let Some(addr) = fs.sys.rindex else {
+        return Ok(());
+    };
+    let want: Vec<u8> = groups.iter().flat_map(|ri| ri.to_bytes()).collect();
+    match read_file(&fs.vol, addr) {
+        Ok(bytes) if bytes.len() == want.len() => {
+            let same = bytes
+                .chunks_exact(RINDEX_SIZE)
+                .zip(&groups)
+                .all(|(raw, ri)| Rindex::decode(raw).is_ok_and(|r| r == *ri));
+            if !same
+                && fs.problem(
+                    "rindex",
+                    "entries differ from the resource group headers: rewritten",
+                    Fix::Safe,
+                )
+            {
+                write_file_prefix(&fs.vol, addr, &want)?;
+            }
+        }
+        Ok(bytes) => {
+            fs.problem(
+                "rindex",
+                format!(
+                    "holds {} bytes for {} resource groups",
+                    bytes.len(),
+                    groups.len()
+                ),
+                Fix::None,
+            );
+        }
+        Err(e) => {
+            fs.problem("rindex", format!("cannot be read ({e})"), Fix::None);
+        }
+    }
     Ok(())
 }

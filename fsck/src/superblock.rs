@@ -6,7 +6,9 @@
 //! Also owns the lock-protocol guard: while fsck may write, `lock_*`
 //! reads `fsck_*` so a mount attempt is refused (as fsck.gfs2 does).
 
-use rgfs::format::consts::{dif, MetaType, FS_FORMAT, FS_FORMAT_MIN, LOCKNAME_LEN, MULTIHOST_FORMAT, SB_OFFSET_BYTES};
+use rgfs::format::consts::{
+    dif, MetaType, FS_FORMAT, FS_FORMAT_MIN, LOCKNAME_LEN, MULTIHOST_FORMAT, SB_OFFSET_BYTES,
+};
 use rgfs::format::meta::{block_type, Inum};
 use rgfs::format::superblock::{check_block_size, RawSuperblock};
 use rgfs::format::{Dinode, Geometry, OnDisk, RgrpHeader, Rindex, Superblock};
@@ -60,7 +62,9 @@ fn search_system_dirs(vol: &Volume) -> (Option<Inum>, Option<Inum>) {
     let mut addr = vol.geom.sb_addr() + 1;
     for _ in 0..100_000 {
         let Ok(block) = vol.read(addr) else { break };
-        let Ok(raw) = RgrpHeader::raw(&block) else { break };
+        let Ok(raw) = RgrpHeader::raw(&block) else {
+            break;
+        };
         if raw.rg_header.check(MetaType::Rgrp).is_err() {
             break;
         }
@@ -83,7 +87,10 @@ fn search_system_dirs(vol: &Volume) -> (Option<Inum>, Option<Inum>) {
                 let b = ri.data0 + i as u64;
                 let Some(d) = dir_at(vol, b) else { continue };
                 let system = d.flags & dif::SYSTEM != 0;
-                if master.is_none() && system && dir::lookup(vol, b, b"jindex").ok().flatten().is_some() {
+                if master.is_none()
+                    && system
+                    && dir::lookup(vol, b, b"jindex").ok().flatten().is_some()
+                {
                     master = Some(d.num);
                 } else if root.is_none() && !system {
                     let dotdot = dir::lookup(vol, b, b"..").ok().flatten();
@@ -109,7 +116,10 @@ fn search_system_dirs(vol: &Volume) -> (Option<Inum>, Option<Inum>) {
 pub fn run(dev: &dyn BlockDevice, report: &mut Report) -> Result<Superblock> {
     let mut buf = vec![0u8; 4096];
     if dev.size() < SB_OFFSET_BYTES + buf.len() as u64 {
-        return fatal(format!("the device ({} bytes) is too small to hold a GFS2 superblock", dev.size()));
+        return fatal(format!(
+            "the device ({} bytes) is too small to hold a GFS2 superblock",
+            dev.size()
+        ));
     }
     dev.read_at(SB_OFFSET_BYTES, &mut buf)?;
     let raw = *RawSuperblock::ref_from_prefix(&buf).expect("4096 bytes").0;
@@ -118,28 +128,50 @@ pub fn run(dev: &dyn BlockDevice, report: &mut Report) -> Result<Superblock> {
     let mut sb = match decoded {
         Ok(sb) => sb,
         Err(e) => {
-            report.note(OBJ, format!("cannot be read as it is ({e}); rebuilding it from the volume"));
+            report.note(
+                OBJ,
+                format!("cannot be read as it is ({e}); rebuilding it from the volume"),
+            );
             rebuild(dev, &raw, report, &mut write)?
         }
     };
     // A lock protocol left as fsck_* by an interrupted fsck.
     if let Some(rest) = sb.lockproto.strip_prefix("fsck_") {
         let fixed = format!("lock_{rest}");
-        if report.problem(OBJ, format!("lock protocol is {:?} (left by an interrupted fsck), should be {fixed:?}", sb.lockproto), Fix::Safe) {
+        if report.problem(
+            OBJ,
+            format!(
+                "lock protocol is {:?} (left by an interrupted fsck), should be {fixed:?}",
+                sb.lockproto
+            ),
+            Fix::Safe,
+        ) {
             write = true;
         }
         sb.lockproto = fixed;
     }
-    let geom = Geometry::new(sb.bsize).map_err(|e| crate::volume::FsckError::Fatal(e.to_string()))?;
+    let geom =
+        Geometry::new(sb.bsize).map_err(|e| crate::volume::FsckError::Fatal(e.to_string()))?;
     let vol = Volume::new(dev, geom, false);
     let (mut found_master, mut found_root) = (None, None);
     let mut searched = false;
     for (field, which) in [("sb_master_dir", 0), ("sb_root_dir", 1)] {
-        let inum = if which == 0 { sb.master_dir } else { sb.root_dir };
+        let inum = if which == 0 {
+            sb.master_dir
+        } else {
+            sb.root_dir
+        };
         match dir_at(&vol, inum.addr) {
             Some(d) if d.num.formal_ino == inum.formal_ino => continue,
             Some(d) => {
-                if report.problem(OBJ, format!("{field} formal inode number is {}, the directory's is {}", inum.formal_ino, d.num.formal_ino), Fix::Safe) {
+                if report.problem(
+                    OBJ,
+                    format!(
+                        "{field} formal inode number is {}, the directory's is {}",
+                        inum.formal_ino, d.num.formal_ino
+                    ),
+                    Fix::Safe,
+                ) {
                     write = true;
                 }
                 if which == 0 {
@@ -179,7 +211,12 @@ pub fn run(dev: &dyn BlockDevice, report: &mut Report) -> Result<Superblock> {
 }
 
 /// Rebuilds a superblock that does not decode, field by field.
-fn rebuild(dev: &dyn BlockDevice, raw: &RawSuperblock, report: &mut Report, write: &mut bool) -> Result<Superblock> {
+fn rebuild(
+    dev: &dyn BlockDevice,
+    raw: &RawSuperblock,
+    report: &mut Report,
+    write: &mut bool,
+) -> Result<Superblock> {
     let mut fix = |report: &mut Report, msg: String, fix: Fix| {
         if report.problem(OBJ, msg, fix) {
             *write = true;
@@ -190,32 +227,69 @@ fn rebuild(dev: &dyn BlockDevice, raw: &RawSuperblock, report: &mut Report, writ
     }
     let bsize = raw.sb_bsize.get();
     let bsize = match check_block_size(bsize) {
-        Ok(shift) if shift == raw.sb_bsize_shift.get() && probe_block_size(dev).is_none_or(|b| b == bsize) => bsize,
+        Ok(shift)
+            if shift == raw.sb_bsize_shift.get()
+                && probe_block_size(dev).is_none_or(|b| b == bsize) =>
+        {
+            bsize
+        }
         _ => match probe_block_size(dev) {
             Some(found) => {
-                fix(report, format!("block size {bsize} (shift {}) is wrong; the resource groups say {found}", raw.sb_bsize_shift.get()), Fix::Safe);
+                fix(
+                    report,
+                    format!(
+                        "block size {bsize} (shift {}) is wrong; the resource groups say {found}",
+                        raw.sb_bsize_shift.get()
+                    ),
+                    Fix::Safe,
+                );
                 found
             }
-            None => return fatal("no superblock, and no resource group to tell the block size: not a GFS2 volume?"),
+            None => return fatal(
+                "no superblock, and no resource group to tell the block size: not a GFS2 volume?",
+            ),
         },
     };
     let fs_format = raw.sb_fs_format.get();
     let fs_format = if (FS_FORMAT_MIN..=FS_FORMAT).contains(&fs_format) {
         fs_format
     } else {
-        fix(report, format!("sb_fs_format is {fs_format}, should be {FS_FORMAT}"), Fix::Safe);
+        fix(
+            report,
+            format!("sb_fs_format is {fs_format}, should be {FS_FORMAT}"),
+            Fix::Safe,
+        );
         FS_FORMAT
     };
     if raw.sb_multihost_format.get() != MULTIHOST_FORMAT {
-        fix(report, format!("sb_multihost_format is {}, should be {MULTIHOST_FORMAT}", raw.sb_multihost_format.get()), Fix::Safe);
+        fix(
+            report,
+            format!(
+                "sb_multihost_format is {}, should be {MULTIHOST_FORMAT}",
+                raw.sb_multihost_format.get()
+            ),
+            Fix::Safe,
+        );
     }
     let locktable = lock_name(&raw.sb_locktable).unwrap_or_else(|| {
-        fix(report, "sb_locktable is not a NUL-terminated name; cleared".into(), Fix::Risky);
+        fix(
+            report,
+            "sb_locktable is not a NUL-terminated name; cleared".into(),
+            Fix::Risky,
+        );
         String::new()
     });
     let lockproto = lock_name(&raw.sb_lockproto).unwrap_or_else(|| {
-        let guess = if locktable.contains(':') { "lock_dlm" } else { "lock_nolock" };
-        fix(report, format!("sb_lockproto is not a NUL-terminated name; set to {guess}"), Fix::Risky);
+        let guess = if locktable.contains(':') {
+            "lock_dlm"
+        } else {
+            "lock_nolock"
+        };
+        fix(
+            report,
+            format!("sb_lockproto is not a NUL-terminated name; set to {guess}"),
+            Fix::Risky,
+        );
         guess.to_string()
     });
     Ok(Superblock {

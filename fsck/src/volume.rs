@@ -60,7 +60,10 @@ impl Rgrp {
     /// Free blocks and dinodes according to the bitmap.
     pub fn counted(&self) -> (u32, u32) {
         let c = bitmap::count(&self.bitmap, self.ri.data);
-        (c[BlockState::Free as usize], c[BlockState::Dinode as usize] + c[BlockState::Unlinked as usize])
+        (
+            c[BlockState::Free as usize],
+            c[BlockState::Dinode as usize] + c[BlockState::Unlinked as usize],
+        )
     }
 }
 
@@ -103,7 +106,10 @@ impl<'a> Volume<'a> {
 
     pub fn read_into(&self, block: u64, buf: &mut [u8]) -> Result<()> {
         if block >= self.dev_blocks {
-            return fatal(format!("block {block} is beyond the end of the device ({} blocks)", self.dev_blocks));
+            return fatal(format!(
+                "block {block} is beyond the end of the device ({} blocks)",
+                self.dev_blocks
+            ));
         }
         self.dev.read_at(self.geom.byte_offset(block), buf)?;
         Ok(())
@@ -190,7 +196,12 @@ impl<'a> Volume<'a> {
 
     /// Finds a free block (bitmap FREE and accepted by `usable`), marks it
     /// with `state` and returns it. Searches from the group of `near`.
-    pub fn alloc(&mut self, near: u64, state: BlockState, usable: &dyn Fn(u64) -> bool) -> Option<u64> {
+    pub fn alloc(
+        &mut self,
+        near: u64,
+        state: BlockState,
+        usable: &dyn Fn(u64) -> bool,
+    ) -> Option<u64> {
         let n = self.rgrps.len();
         let first = self.rgrp_of(near).unwrap_or(0);
         for k in 0..n {
@@ -223,7 +234,8 @@ impl<'a> Volume<'a> {
             if b == 0 {
                 rg.header.encode_into(&mut block);
             } else {
-                block[..META_HEADER_SIZE].copy_from_slice(RawMetaHeader::new(MetaType::RgrpBitmap).as_bytes());
+                block[..META_HEADER_SIZE]
+                    .copy_from_slice(RawMetaHeader::new(MetaType::RgrpBitmap).as_bytes());
             }
             let bytes = &rg.bitmap[span.start as usize..span.end as usize];
             block[offset..offset + bytes.len()].copy_from_slice(bytes);
@@ -265,7 +277,8 @@ pub fn read_rgrp_raw(vol: &Volume, ri: &Rindex) -> Result<(Vec<u8>, Vec<Vec<u8>>
     for (b, block) in blocks.iter().enumerate() {
         let (offset, span) = vol.geom.bitmap_block_span(b as u32, ri.bitbytes);
         let len = (span.end - span.start) as usize;
-        bitmap[span.start as usize..span.end as usize].copy_from_slice(&block[offset..offset + len]);
+        bitmap[span.start as usize..span.end as usize]
+            .copy_from_slice(&block[offset..offset + len]);
     }
     Ok((bitmap, blocks))
 }

@@ -14,7 +14,12 @@ use rand::{Rng, SeedableRng};
 use rgfs_block::MemDevice;
 use rgfs_fsck::{check, ExitCode, Mode, Options};
 
-const VALID: [ExitCode; 4] = [ExitCode::Clean, ExitCode::Corrected, ExitCode::Uncorrected, ExitCode::Operational];
+const VALID: [ExitCode; 4] = [
+    ExitCode::Clean,
+    ExitCode::Corrected,
+    ExitCode::Uncorrected,
+    ExitCode::Operational,
+];
 
 fn run_all_modes(bytes: Vec<u8>, what: &str) -> Vec<ExitCode> {
     run_all_modes_on(&MemDevice::from_bytes(bytes), what)
@@ -23,7 +28,9 @@ fn run_all_modes(bytes: Vec<u8>, what: &str) -> Vec<ExitCode> {
 fn run_all_modes_on(dev: &MemDevice, what: &str) -> Vec<ExitCode> {
     let mut codes = Vec::new();
     for mode in [Mode::No, Mode::Preen, Mode::Yes, Mode::Yes, Mode::No] {
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(dev, &Options::new(mode), None)));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            check(dev, &Options::new(mode), None)
+        }));
         match outcome {
             Ok(o) => {
                 assert!(VALID.contains(&o.exit), "{what}: exit {:?}", o.exit);
@@ -65,8 +72,12 @@ fn scramble(base: &[u8], seed: u64, count: usize) -> Vec<u8> {
     // Log headers outnumber everything else; hit them only sometimes.
     let is_meta = |b: usize| img[b * 4096..b * 4096 + 4] == 0x0116_1970u32.to_be_bytes();
     let is_log = |b: usize| img[b * 4096 + 4..b * 4096 + 8] == 8u32.to_be_bytes();
-    let meta: Vec<usize> = (0..img.len() / 4096).filter(|&b| is_meta(b) && !is_log(b)).collect();
-    let logs: Vec<usize> = (0..img.len() / 4096).filter(|&b| is_meta(b) && is_log(b)).collect();
+    let meta: Vec<usize> = (0..img.len() / 4096)
+        .filter(|&b| is_meta(b) && !is_log(b))
+        .collect();
+    let logs: Vec<usize> = (0..img.len() / 4096)
+        .filter(|&b| is_meta(b) && is_log(b))
+        .collect();
     for _ in 0..count {
         let pool = if rng.random_bool(0.9) { &meta } else { &logs };
         let b = pool[rng.random_range(0..pool.len())];
@@ -103,12 +114,18 @@ fn scrambled_images_get_a_report() {
             support::write_sparse(&path, &dev.snapshot());
             let (code, out) = support::fsck_gfs2(&path, "-n");
             let _ = std::fs::remove_file(&path);
-            assert_eq!(code, 0, "seed {seed}: fsck.rgfs says clean after repair, fsck.gfs2 -n exits {code}:\n{out}");
+            assert_eq!(
+                code, 0,
+                "seed {seed}: fsck.rgfs says clean after repair, fsck.gfs2 -n exits {code}:\n{out}"
+            );
         } else {
             eprintln!("seed {seed}: not clean after two repairs: {:?}", codes);
         }
     }
-    eprintln!("{repaired_clean} of {} scrambled images were clean after two fsck.rgfs -y runs", list.len());
+    eprintln!(
+        "{repaired_clean} of {} scrambled images were clean after two fsck.rgfs -y runs",
+        list.len()
+    );
 }
 
 /// Debug helper: `RGFS_SEED=N cargo test --test robustness show_scrambled -- --ignored --nocapture`
@@ -116,7 +133,10 @@ fn scrambled_images_get_a_report() {
 #[test]
 #[ignore]
 fn show_scrambled() {
-    let seed: u64 = std::env::var("RGFS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let seed: u64 = std::env::var("RGFS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let count = 1 + (seed as usize % 6) * 4;
     let img = scramble(support::base_image(), seed, count);
     let dev = MemDevice::from_bytes(img);

@@ -51,7 +51,10 @@ fn main() {
             std::process::exit(code);
         }
     };
-    let modes = [cli.no, cli.yes, cli.preen || cli.auto].iter().filter(|&&m| m).count();
+    let modes = [cli.no, cli.yes, cli.preen || cli.auto]
+        .iter()
+        .filter(|&&m| m)
+        .count();
     if modes > 1 {
         eprintln!("fsck.rgfs: -n, -y and -p/-a are mutually exclusive");
         std::process::exit(ExitCode::Usage as i32);
@@ -72,9 +75,15 @@ fn main() {
             eprintln!("fsck.rgfs: {device} is mounted at {point}; refusing to change it (unmount it, or check with -n)");
             std::process::exit(ExitCode::Operational as i32);
         }
-        eprintln!("fsck.rgfs: warning: {device} is mounted at {point}; the check may see it changing");
+        eprintln!(
+            "fsck.rgfs: warning: {device} is mounted at {point}; the check may see it changing"
+        );
     }
-    let access = if mode.writes() { Access::Exclusive } else { Access::ReadOnly };
+    let access = if mode.writes() {
+        Access::Exclusive
+    } else {
+        Access::ReadOnly
+    };
     let dev = match FileDevice::open(&cli.device, access) {
         Ok(d) => d,
         Err(e) => {

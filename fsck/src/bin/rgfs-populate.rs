@@ -32,7 +32,15 @@ fn main() {
                         dir = p.mkdir(root, &format!("d{:05}", i / per_dir))?;
                     }
                     let len = (i as usize * 131) % 8000;
-                    p.create_file(dir, &format!("f{i:07}"), &FileSpec { data: &pattern(i, len), sparse: false, mode: 0o644 })?;
+                    p.create_file(
+                        dir,
+                        &format!("f{i:07}"),
+                        &FileSpec {
+                            data: &pattern(i, len),
+                            sparse: false,
+                            mode: 0o644,
+                        },
+                    )?;
                 }
                 Ok(())
             })()

@@ -15,7 +15,10 @@ use rgfs::format::dirent::{RawDirent, DIRENT_HEADER_SIZE};
 use rgfs::format::log::{log_header_crc, RawLogHeader, LOG_DESCRIPTOR_SIZE};
 use rgfs::format::meta::{pointer_at, set_pointer, META_HEADER_SIZE};
 use rgfs::format::rgrp::{RawRgrp, RINDEX_SIZE};
-use rgfs::format::{DescriptorKind, Dinode, LogDescriptor, LogHeader, OnDisk, StatfsChange, DINODE_SIZE, LEAF_HEADER_SIZE};
+use rgfs::format::{
+    DescriptorKind, Dinode, LogDescriptor, LogHeader, OnDisk, StatfsChange, DINODE_SIZE,
+    LEAF_HEADER_SIZE,
+};
 use rgfs::journal::{find_head, JournalMap};
 use rgfs_block::{Access, BlockDevice, FileDevice};
 use rgfs_fsck::dir;
@@ -41,7 +44,8 @@ pub fn have_gfs2_utils() -> bool {
 
 pub fn tmpdir() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir")).path()
+    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
+        .path()
 }
 
 /// Makes an empty image with mkfs.gfs2.
@@ -49,12 +53,29 @@ pub fn mkfs_gfs2(path: &Path, bytes: u64, extra: &[&str]) {
     let f = std::fs::File::create(path).expect("create image");
     f.set_len(bytes).expect("size image");
     let out = Command::new("mkfs.gfs2")
-        .args(["-O", "-q", "-j", "2", "-J", "8", "-r", "128", "-p", "lock_dlm", "-t", "rgfs:test"])
+        .args([
+            "-O",
+            "-q",
+            "-j",
+            "2",
+            "-J",
+            "8",
+            "-r",
+            "128",
+            "-p",
+            "lock_dlm",
+            "-t",
+            "rgfs:test",
+        ])
         .args(extra)
         .arg(path)
         .output()
         .expect("run mkfs.gfs2");
-    assert!(out.status.success(), "mkfs.gfs2 failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mkfs.gfs2 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The populated base image every catalog case starts from, as bytes.
@@ -91,14 +112,21 @@ pub struct Run {
 }
 
 pub fn fsck_rgfs(path: &Path, mode: Mode) -> Run {
-    let access = if mode.writes() { Access::ReadWrite } else { Access::ReadOnly };
+    let access = if mode.writes() {
+        Access::ReadWrite
+    } else {
+        Access::ReadOnly
+    };
     let dev = FileDevice::open(path, access).expect("open image");
     fsck_dev(&dev, mode)
 }
 
 pub fn fsck_dev(dev: &dyn BlockDevice, mode: Mode) -> Run {
     let out = check(dev, &Options::new(mode), None);
-    Run { exit: out.exit, report: out.report }
+    Run {
+        exit: out.exit,
+        report: out.report,
+    }
 }
 
 /// Applies catalog commands to an image file.
@@ -109,13 +137,25 @@ pub fn corrupt_file(path: &Path, command: &str) {
 
 /// fsck.gfs2 with one flag; returns (exit code, output). Exit codes of 128
 /// and above mean fsck.gfs2 itself failed (crashed).
+///
+/// fsck.gfs2 3.5.0 can loop, eating memory, on images it half-repaired;
+/// it gets 30 s (it needs well under one on these images) and is killed
+/// after that (exit 137, an oracle failure).
 pub fn fsck_gfs2(path: &Path, flag: &str) -> (i32, String) {
-    let out = Command::new("fsck.gfs2").arg(flag).arg(path).output().expect("run fsck.gfs2");
+    let out = Command::new("timeout")
+        .args(["-s", "KILL", "30", "fsck.gfs2", flag])
+        .arg(path)
+        .output()
+        .expect("run fsck.gfs2");
     let code = out.status.code().unwrap_or_else(|| {
         use std::os::unix::process::ExitStatusExt;
         128 + out.status.signal().unwrap_or(0)
     });
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (code, text)
 }
 
@@ -135,8 +175,13 @@ impl<'d> Image<'d> {
     pub fn volume(&self) -> Volume<'d> {
         let mut sb_buf = vec![0u8; 4096];
         self.dev.read_at(SB_OFFSET_BYTES, &mut sb_buf).unwrap();
-        let bsize = rgfs::format::superblock::RawSuperblock::ref_from_prefix(&sb_buf).unwrap().0.sb_bsize.get();
-        let geom = rgfs::format::Geometry::new(bsize).unwrap_or_else(|_| rgfs::format::Geometry::new(4096).unwrap());
+        let bsize = rgfs::format::superblock::RawSuperblock::ref_from_prefix(&sb_buf)
+            .unwrap()
+            .0
+            .sb_bsize
+            .get();
+        let geom = rgfs::format::Geometry::new(bsize)
+            .unwrap_or_else(|_| rgfs::format::Geometry::new(4096).unwrap());
         let mut vol = Volume::new(self.dev, geom, true);
         let ris = self.rindex_entries(&vol);
         rgfs_fsck::volume::load_rgrps_trusting(&mut vol, &ris).expect("load rgrps");
@@ -151,9 +196,14 @@ impl<'d> Image<'d> {
 
     fn rindex_entries(&self, vol: &Volume) -> Vec<rgfs::format::Rindex> {
         let sb = self.sb();
-        let e = dir::lookup(vol, sb.master_dir.addr, b"rindex").unwrap().expect("rindex");
+        let e = dir::lookup(vol, sb.master_dir.addr, b"rindex")
+            .unwrap()
+            .expect("rindex");
         let bytes = read_file(vol, e.inum.addr).unwrap();
-        bytes.chunks_exact(RINDEX_SIZE).filter_map(|c| rgfs::format::Rindex::decode(c).ok()).collect()
+        bytes
+            .chunks_exact(RINDEX_SIZE)
+            .filter_map(|c| rgfs::format::Rindex::decode(c).ok())
+            .collect()
     }
 
     pub fn root(&self) -> u64 {
@@ -172,7 +222,11 @@ impl<'d> Image<'d> {
             None => (self.root(), path),
         };
         for part in rest.split('/').filter(|p| !p.is_empty()) {
-            at = dir::lookup(vol, at, part.as_bytes()).unwrap().unwrap_or_else(|| panic!("{path}: no {part}")).inum.addr;
+            at = dir::lookup(vol, at, part.as_bytes())
+                .unwrap()
+                .unwrap_or_else(|| panic!("{path}: no {part}"))
+                .inum
+                .addr;
         }
         at
     }
@@ -182,29 +236,89 @@ impl<'d> Image<'d> {
 // Field tables: (name, offset, width in bytes).
 
 const SB_FIELDS: &[(&str, usize, usize)] = &[
-    ("mh_magic", 0, 4), ("mh_type", 4, 4), ("mh_format", 16, 4), ("sb_fs_format", 24, 4), ("sb_multihost_format", 28, 4),
-    ("sb_bsize", 36, 4), ("sb_bsize_shift", 40, 4), ("sb_master_dir.no_addr", 56, 8), ("sb_root_dir.no_formal_ino", 80, 8),
-    ("sb_root_dir.no_addr", 88, 8), ("sb_lockproto", 96, 8),
+    ("mh_magic", 0, 4),
+    ("mh_type", 4, 4),
+    ("mh_format", 16, 4),
+    ("sb_fs_format", 24, 4),
+    ("sb_multihost_format", 28, 4),
+    ("sb_bsize", 36, 4),
+    ("sb_bsize_shift", 40, 4),
+    ("sb_master_dir.no_addr", 56, 8),
+    ("sb_root_dir.no_formal_ino", 80, 8),
+    ("sb_root_dir.no_addr", 88, 8),
+    ("sb_lockproto", 96, 8),
 ];
 const RGRP_FIELDS: &[(&str, usize, usize)] = &[
-    ("mh_magic", 0, 4), ("mh_type", 4, 4), ("rg_flags", 24, 4), ("rg_free", 28, 4), ("rg_dinodes", 32, 4), ("rg_skip", 36, 4),
-    ("rg_igeneration", 40, 8), ("rg_data0", 48, 8), ("rg_data", 56, 4), ("rg_bitbytes", 60, 4), ("rg_crc", 64, 4),
+    ("mh_magic", 0, 4),
+    ("mh_type", 4, 4),
+    ("rg_flags", 24, 4),
+    ("rg_free", 28, 4),
+    ("rg_dinodes", 32, 4),
+    ("rg_skip", 36, 4),
+    ("rg_igeneration", 40, 8),
+    ("rg_data0", 48, 8),
+    ("rg_data", 56, 4),
+    ("rg_bitbytes", 60, 4),
+    ("rg_crc", 64, 4),
 ];
-const RINDEX_FIELDS: &[(&str, usize, usize)] = &[("ri_addr", 0, 8), ("ri_length", 8, 4), ("ri_data0", 16, 8), ("ri_data", 24, 4), ("ri_bitbytes", 28, 4)];
+const RINDEX_FIELDS: &[(&str, usize, usize)] = &[
+    ("ri_addr", 0, 8),
+    ("ri_length", 8, 4),
+    ("ri_data0", 16, 8),
+    ("ri_data", 24, 4),
+    ("ri_bitbytes", 28, 4),
+];
 const DINODE_FIELDS: &[(&str, usize, usize)] = &[
-    ("mh_magic", 0, 4), ("mh_type", 4, 4), ("no_formal_ino", 24, 8), ("no_addr", 32, 8), ("di_mode", 40, 4), ("di_nlink", 52, 4),
-    ("di_size", 56, 8), ("di_blocks", 64, 8), ("di_flags", 128, 4), ("di_height", 138, 2), ("di_depth", 146, 2),
-    ("di_entries", 148, 4), ("di_eattr", 168, 8), ("di_mtime_nsec", 180, 4),
+    ("mh_magic", 0, 4),
+    ("mh_type", 4, 4),
+    ("no_formal_ino", 24, 8),
+    ("no_addr", 32, 8),
+    ("di_mode", 40, 4),
+    ("di_nlink", 52, 4),
+    ("di_size", 56, 8),
+    ("di_blocks", 64, 8),
+    ("di_flags", 128, 4),
+    ("di_height", 138, 2),
+    ("di_depth", 146, 2),
+    ("di_entries", 148, 4),
+    ("di_eattr", 168, 8),
+    ("di_mtime_nsec", 180, 4),
 ];
-const LEAF_FIELDS: &[(&str, usize, usize)] = &[("mh_magic", 0, 4), ("lf_depth", 24, 2), ("lf_entries", 26, 2), ("lf_next", 32, 8)];
+const LEAF_FIELDS: &[(&str, usize, usize)] = &[
+    ("mh_magic", 0, 4),
+    ("lf_depth", 24, 2),
+    ("lf_entries", 26, 2),
+    ("lf_next", 32, 8),
+];
 const DIRENT_FIELDS: &[(&str, usize, usize)] = &[
-    ("no_formal_ino", 0, 8), ("no_addr", 8, 8), ("de_hash", 16, 4), ("de_rec_len", 20, 2), ("de_name_len", 22, 2), ("de_type", 24, 2),
+    ("no_formal_ino", 0, 8),
+    ("no_addr", 8, 8),
+    ("de_hash", 16, 4),
+    ("de_rec_len", 20, 2),
+    ("de_name_len", 22, 2),
+    ("de_type", 24, 2),
 ];
-const EA_FIELDS: &[(&str, usize, usize)] = &[("mh_magic", 0, 4), ("ea_rec_len", 24, 4), ("ea_data_len", 28, 4), ("ea_type", 33, 1), ("ea_flags", 34, 1)];
-const LH_FIELDS: &[(&str, usize, usize)] = &[("mh_magic", 0, 4), ("lh_sequence", 24, 8), ("lh_flags", 32, 4), ("lh_blkno", 40, 4), ("lh_hash", 44, 4)];
+const EA_FIELDS: &[(&str, usize, usize)] = &[
+    ("mh_magic", 0, 4),
+    ("ea_rec_len", 24, 4),
+    ("ea_data_len", 28, 4),
+    ("ea_type", 33, 1),
+    ("ea_flags", 34, 1),
+];
+const LH_FIELDS: &[(&str, usize, usize)] = &[
+    ("mh_magic", 0, 4),
+    ("lh_sequence", 24, 8),
+    ("lh_flags", 32, 4),
+    ("lh_blkno", 40, 4),
+    ("lh_hash", 44, 4),
+];
 
 fn field(table: &[(&str, usize, usize)], name: &str) -> (usize, usize) {
-    table.iter().find(|f| f.0 == name).map(|f| (f.1, f.2)).unwrap_or_else(|| panic!("unknown field {name}"))
+    table
+        .iter()
+        .find(|f| f.0 == name)
+        .map(|f| (f.1, f.2))
+        .unwrap_or_else(|| panic!("unknown field {name}"))
 }
 
 fn put(buf: &mut [u8], at: usize, width: usize, value: u64) {
@@ -242,7 +356,10 @@ fn find_dirent(vol: &Volume, dir_addr: u64, name: &[u8]) -> (u64, usize, usize) 
     let d = Dinode::decode(&block).unwrap();
     let areas: Vec<(u64, usize)> = if d.is_exhash() {
         let t = dir::read_hash_table(vol, &block).unwrap();
-        dir::leaves(vol, &t).into_iter().map(|l| (l, LEAF_HEADER_SIZE)).collect()
+        dir::leaves(vol, &t)
+            .into_iter()
+            .map(|l| (l, LEAF_HEADER_SIZE))
+            .collect()
     } else {
         vec![(dir_addr, DINODE_SIZE)]
     };
@@ -258,7 +375,10 @@ fn find_dirent(vol: &Volume, dir_addr: u64, name: &[u8]) -> (u64, usize, usize) 
             off += h.de_rec_len.get() as usize;
         }
     }
-    panic!("no entry {:?} in directory {dir_addr}", String::from_utf8_lossy(name))
+    panic!(
+        "no entry {:?} in directory {dir_addr}",
+        String::from_utf8_lossy(name)
+    )
 }
 
 /// Applies one corruption command of the catalog language to an image.
@@ -296,14 +416,26 @@ pub fn corrupt(dev: &dyn BlockDevice, command: &str) {
         }
         ["rgrp-bitmap-block", i, k, "zero"] => {
             let ri = vol.rgrps[i.parse::<usize>().unwrap()].ri;
-            write(dev, bsize, ri.addr + k.parse::<u64>().unwrap(), &vec![0u8; bsize]);
+            write(
+                dev,
+                bsize,
+                ri.addr + k.parse::<u64>().unwrap(),
+                &vec![0u8; bsize],
+            );
         }
         ["rindex", i, f, v] => {
             let sb = img.sb();
-            let e = dir::lookup(&vol, sb.master_dir.addr, b"rindex").unwrap().unwrap();
+            let e = dir::lookup(&vol, sb.master_dir.addr, b"rindex")
+                .unwrap()
+                .unwrap();
             let mut bytes = read_file(&vol, e.inum.addr).unwrap();
             let (at, width) = field(RINDEX_FIELDS, f);
-            put(&mut bytes[i.parse::<usize>().unwrap() * RINDEX_SIZE..], at, width, parse_value(v));
+            put(
+                &mut bytes[i.parse::<usize>().unwrap() * RINDEX_SIZE..],
+                at,
+                width,
+                parse_value(v),
+            );
             write_file_prefix(&vol, e.inum.addr, &bytes).unwrap();
         }
         ["bitmap", target, state] => {
@@ -350,7 +482,11 @@ pub fn corrupt(dev: &dyn BlockDevice, command: &str) {
         ["hashtable", p, idx, v] => {
             let addr = img.lookup(&vol, p);
             let mut buf = read(dev, bsize, addr);
-            set_pointer(&mut buf[DINODE_SIZE..], idx.parse().unwrap(), parse_value(v));
+            set_pointer(
+                &mut buf[DINODE_SIZE..],
+                idx.parse().unwrap(),
+                parse_value(v),
+            );
             write(dev, bsize, addr, &buf);
         }
         ["dirent", d, name, "target", p] => {
@@ -371,7 +507,9 @@ pub fn corrupt(dev: &dyn BlockDevice, command: &str) {
         }
         ["unlink", d, name] => {
             let addr = img.lookup(&vol, d);
-            dir::remove(&vol, addr, name.as_bytes()).unwrap().expect("entry");
+            dir::remove(&vol, addr, name.as_bytes())
+                .unwrap()
+                .expect("entry");
         }
         ["link", d, name, p] => {
             let addr = img.lookup(&vol, d);
@@ -379,7 +517,15 @@ pub fn corrupt(dev: &dyn BlockDevice, command: &str) {
             let tb = vol.read(target).unwrap();
             let td = Dinode::decode(&tb).unwrap();
             let mut vol = vol;
-            dir::insert(&mut vol, addr, name.as_bytes(), td.num, td.dirent_type(), &|_| true).unwrap();
+            dir::insert(
+                &mut vol,
+                addr,
+                name.as_bytes(),
+                td.num,
+                td.dirent_type(),
+                &|_| true,
+            )
+            .unwrap();
             vol.write_dirty_rgrps().unwrap();
         }
         ["ea", p, f, v] => {
@@ -418,7 +564,9 @@ pub fn corrupt(dev: &dyn BlockDevice, command: &str) {
         }
         ["statfs", f, v] => {
             let sb = img.sb();
-            let e = dir::lookup(&vol, sb.master_dir.addr, b"statfs").unwrap().unwrap();
+            let e = dir::lookup(&vol, sb.master_dir.addr, b"statfs")
+                .unwrap()
+                .unwrap();
             let bytes = read_file(&vol, e.inum.addr).unwrap();
             let mut st = StatfsChange::decode(&bytes).unwrap();
             let v = parse_value(v) as i64;
@@ -467,9 +615,19 @@ pub fn corrupt(dev: &dyn BlockDevice, command: &str) {
             let home = block_spec(&img, &vol, target);
             let head_buf = read(dev, bsize, map.block(head));
             let old = LogHeader::decode(&head_buf).unwrap();
-            let (ld_at, copy_at, lh_at) = (map.next(head), map.next(map.next(head)), map.next(map.next(map.next(head))));
+            let (ld_at, copy_at, lh_at) = (
+                map.next(head),
+                map.next(map.next(head)),
+                map.next(map.next(map.next(head))),
+            );
             let mut ld = vec![0u8; bsize];
-            LogDescriptor { kind: DescriptorKind::Metadata, length: 2, data1: 1, data2: 0 }.encode_into(&mut ld);
+            LogDescriptor {
+                kind: DescriptorKind::Metadata,
+                length: 2,
+                data1: 1,
+                data2: 0,
+            }
+            .encode_into(&mut ld);
             ld[LOG_DESCRIPTOR_SIZE..LOG_DESCRIPTOR_SIZE + 8].copy_from_slice(&home.to_be_bytes());
             write(dev, bsize, map.block(ld_at), &ld);
             // The logged copy: the current block with its mtime changed.
@@ -530,12 +688,20 @@ pub fn block_spec(img: &Image, vol: &Volume, spec: &str) -> u64 {
         "inode" => img.lookup(vol, rest),
         "ind" => pointer_at(&vol.read(img.lookup(vol, rest)).unwrap()[DINODE_SIZE..], 0),
         "data" => first_data_block(vol, img.lookup(vol, rest)),
-        "ea" => Dinode::decode(&vol.read(img.lookup(vol, rest)).unwrap()).unwrap().eattr,
+        "ea" => {
+            Dinode::decode(&vol.read(img.lookup(vol, rest)).unwrap())
+                .unwrap()
+                .eattr
+        }
         "eadata" => {
-            let ea = Dinode::decode(&vol.read(img.lookup(vol, rest)).unwrap()).unwrap().eattr;
+            let ea = Dinode::decode(&vol.read(img.lookup(vol, rest)).unwrap())
+                .unwrap()
+                .eattr;
             let buf = vol.read(ea).unwrap();
             let recs = rgfs::format::ea::ea_records(&buf, vol.geom.bsize).unwrap();
-            recs.iter().find_map(|r| r.value.pointers().next()).expect("an unstuffed xattr")
+            recs.iter()
+                .find_map(|r| r.value.pointers().next())
+                .expect("an unstuffed xattr")
         }
         "leaf" => {
             let (p, n) = rest.rsplit_once(':').unwrap();
@@ -550,9 +716,14 @@ pub fn block_spec(img: &Image, vol: &Volume, spec: &str) -> u64 {
 // ---------------------------------------------------------------------
 // What survives a repair.
 
-/// Every inode reachable from the root with a fingerprint of its content:
-/// inode block → (file type, CRC-32 of the content or target, size).
-pub fn survivors(dev: &dyn BlockDevice) -> BTreeMap<u64, (u32, u32, u64)> {
+/// Every inode reachable from the root or the master directory with a
+/// fingerprint of its content: key → (file type, CRC-32 of the content or
+/// symlink target, size). The key of an ordinary inode is its block
+/// (`#N`): it survives wherever it is linked, lost+found included. A
+/// system file is keyed by its path in the master tree (one fsck may make
+/// it again at another block) and fingerprinted by existence only (its
+/// counters are recomputed differently by each fsck).
+pub fn survivors(dev: &dyn BlockDevice) -> BTreeMap<String, (u32, u32, u64)> {
     let img = Image::new(dev);
     let mut out = BTreeMap::new();
     let mut buf = vec![0u8; 4096];
@@ -563,35 +734,50 @@ pub fn survivors(dev: &dyn BlockDevice) -> BTreeMap<u64, (u32, u32, u64)> {
     }
     let vol = img.volume();
     let root = img.root();
-    let mut stack = vec![root];
+    let mut stack = vec![
+        (root, String::from("/")),
+        (img.master(), String::from("master:/")),
+    ];
     let mut seen = std::collections::HashSet::new();
-    while let Some(d) = stack.pop() {
+    while let Some((d, path)) = stack.pop() {
         if !seen.insert(d) {
             continue;
         }
-        let Ok(entries) = dir::entries(&vol, d) else { continue };
+        let Ok(entries) = dir::entries(&vol, d) else {
+            continue;
+        };
         for e in entries {
+            let name = String::from_utf8_lossy(&e.name).into_owned();
+            let child_path = format!("{path}{name}/");
             // lost+found itself is made by whichever fsck needs it.
-            if e.name == b"." || e.name == b".." || (d == root && e.name == b"lost+found") {
-                if e.name == b"lost+found" {
-                    stack.push(e.inum.addr);
+            if name == "." || name == ".." || (d == root && name == "lost+found") {
+                if name == "lost+found" {
+                    stack.push((e.inum.addr, child_path));
                 }
                 continue;
             }
             let addr = e.inum.addr;
             let Ok(block) = vol.read(addr) else { continue };
-            let Ok(di) = Dinode::decode(&block) else { continue };
+            let Ok(di) = Dinode::decode(&block) else {
+                continue;
+            };
             let ty = di.mode & s_if::FMT;
+            let system = di.flags & rgfs::format::consts::dif::SYSTEM != 0;
+            if ty == s_if::DIR {
+                stack.push((addr, child_path.clone()));
+            }
+            if system {
+                out.insert(child_path, (ty, 0, 0));
+                continue;
+            }
             let fingerprint = if ty == s_if::REG || ty == s_if::LNK {
                 read_file(&vol, addr).map(|c| disk_hash(&c)).unwrap_or(0)
             } else {
                 0
             };
             // A directory's size is layout, not content.
-            out.insert(addr, (ty, fingerprint, if ty == s_if::DIR { 0 } else { di.size }));
-            if ty == s_if::DIR {
-                stack.push(addr);
-            }
+            let size = if ty == s_if::DIR { 0 } else { di.size };
+            out.insert(format!("#{addr}"), (ty, fingerprint, size));
         }
     }
     out
