@@ -234,6 +234,10 @@ impl LogWriter {
         }
         let need = self.blocks_needed(batch.blocks.len(), batch.revokes.len());
         assert!(need < self.map.jd_blocks() / 2, "batch of {need} blocks is too large for the journal");
+        // Revoked blocks are freed: never write their stale copies home.
+        for b in &batch.revokes {
+            self.ail.remove(b);
+        }
         if need > self.free_blocks() {
             self.checkpoint(dev, local)?;
         }
@@ -266,9 +270,6 @@ impl LogWriter {
                 write_be64s(&mut block, crate::format::META_HEADER_SIZE, &rest[..k]);
                 self.write_log_block(dev, &block)?;
                 rest = &rest[k..];
-            }
-            for b in &batch.revokes {
-                self.ail.remove(b);
             }
         }
         // 2. metadata descriptors and copies
