@@ -44,13 +44,22 @@ pub const MAX_WRITE: u32 = 1 << 20;
 /// The adapter.
 pub struct FuseFs {
     fs: Arc<Fs>,
+    /// Negotiate the kernel's writeback cache. Single-node mounts use it
+    /// for speed; with it the kernel owns i_size and mtime of regular
+    /// files and ignores the server's, so a cluster mount must turn it off
+    /// for glock invalidation to show other nodes' size changes.
+    writeback_cache: bool,
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
 }
 
 impl FuseFs {
     pub fn new(fs: Arc<Fs>) -> Self {
-        FuseFs { fs, dirs: Mutex::new(HashMap::new()), next_fh: AtomicU64::new(1) }
+        Self::with_writeback_cache(fs, true)
+    }
+
+    pub fn with_writeback_cache(fs: Arc<Fs>, writeback_cache: bool) -> Self {
+        FuseFs { fs, writeback_cache, dirs: Mutex::new(HashMap::new()), next_fh: AtomicU64::new(1) }
     }
 
     fn addr(&self, ino: INodeNo) -> u64 {
@@ -184,6 +193,7 @@ impl Filesystem for FuseFs {
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_BIG_WRITES
             | InitFlags::FUSE_MAX_PAGES;
+        let want = if self.writeback_cache { want } else { want - InitFlags::FUSE_WRITEBACK_CACHE };
         let have = config.capabilities();
         let _ = config.add_capabilities(want & have);
         let _ = config.set_max_write(MAX_WRITE);

@@ -37,6 +37,8 @@ pub struct MountOptions {
     pub noatime: bool,
     pub errors_panic: bool,
     pub allow_other: bool,
+    /// Use the kernel's writeback cache (default; see `fuse::FuseFs`).
+    pub no_writeback_cache: bool,
     /// Options passed to FUSE unchanged (nosuid, nodev, noexec, ...).
     pub fuse_flags: Vec<String>,
 }
@@ -85,6 +87,8 @@ impl MountOptions {
                     v => return Err(format!("errors={v}: expected withdraw or panic")),
                 },
                 "allow_other" => self.allow_other = true,
+                "writeback_cache" => self.no_writeback_cache = false,
+                "nowriteback_cache" => self.no_writeback_cache = true,
                 "default_permissions" | "defaults" | "auto" | "noauto" | "_netdev" | "user" | "nouser" | "nofail" => {}
                 "suid" | "nosuid" | "dev" | "nodev" | "exec" | "noexec" | "sync" | "async" | "dirsync" => {
                     self.fuse_flags.push(key.to_string())
