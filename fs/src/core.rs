@@ -87,6 +87,11 @@ pub struct FsCore {
     pub(crate) withdrawn: Option<String>,
     /// Operations since the last log commit.
     pub(crate) ops_since_commit: u64,
+    /// Set while an operation's data writes are deferred: no commit may
+    /// happen until they are in flight (and then done).
+    pub(crate) hold_commits: bool,
+    /// Data writes in flight outside the core lock.
+    pub inflight: Arc<crate::inode::Inflight>,
 }
 
 impl FsCore {
@@ -269,7 +274,7 @@ impl FsCore {
         self.ops_since_commit += 1;
         self.sync_rgrps()?;
         let limit = self.log.as_ref().map_or(usize::MAX, |l| l.max_batch_blocks() / 2);
-        if self.cache.dirty_count() + self.revokes.len() >= limit {
+        if !self.hold_commits && self.cache.dirty_count() + self.revokes.len() >= limit {
             self.commit(false)?;
         }
         Ok(())
@@ -290,6 +295,12 @@ impl FsCore {
         }
         if self.log.is_none() {
             return Ok(());
+        }
+        // Ordered mode: data written outside the lock lands first.
+        self.inflight.wait_idle();
+        if let Some(e) = self.inflight.failure() {
+            self.withdraw(&format!("data write failed: {e}"));
+            return Err(Error::Withdrawn(e));
         }
         self.sync_rgrps()?;
         if self.cache.dirty_count() > 0 || !self.revokes.is_empty() {

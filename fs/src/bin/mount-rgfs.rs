@@ -20,7 +20,7 @@ use rgfs_block::{Access, FileDevice};
 const USAGE: &str = "usage: mount.rgfs DEVICE MOUNTPOINT [-o OPTIONS] [-f] [-n] [-v] [-s]\n\
   options: lockproto=lock_nolock|lock_dlm, locktable=C:F, hostdata=jid=N, ro, rw,\n\
   noatime, relatime, errors=withdraw|panic, allow_other, nosuid, nodev, noexec,\n\
-  writeback_cache (default), nowriteback_cache";
+  writeback_cache, nowriteback_cache (default)";
 
 struct Args {
     device: PathBuf,
@@ -96,7 +96,7 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
     }
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
-    let session = fuser::Session::new(FuseFs::with_writeback_cache(fs.clone(), !args.opts.no_writeback_cache), &args.mountpoint, &config)
+    let session = fuser::Session::new(FuseFs::with_writeback_cache(fs.clone(), args.opts.writeback_cache), &args.mountpoint, &config)
         .map_err(|e| format!("{}: FUSE mount failed: {e}", args.mountpoint.display()))?;
     *fs.kernel.lock() = Some(Arc::new(FuseNotifier(session.notifier())));
     ready(Ok(()));

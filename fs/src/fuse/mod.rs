@@ -41,8 +41,38 @@ const TTL: Duration = Duration::from_secs(3600);
 /// Largest request: 1 MiB (max_pages 256).
 pub const MAX_WRITE: u32 = 1 << 20;
 
+/// Requests served, per kind (printed at unmount with RGFS_FUSE_STATS=1;
+/// every round trip counts, so the benchmark work starts here).
+#[derive(Default)]
+pub struct RequestCounts {
+    counts: [AtomicU64; 24],
+}
+
+const OP_NAMES: [&str; 24] = [
+    "lookup", "forget", "getattr", "setattr", "readlink", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename",
+    "link", "open", "read", "write", "flush", "release", "fsync", "opendir", "readdir", "readdirplus", "statfs",
+    "xattr", "create",
+];
+
+impl RequestCounts {
+    fn hit(&self, op: usize) {
+        self.counts[op].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn report(&self) -> String {
+        OP_NAMES
+            .iter()
+            .zip(&self.counts)
+            .filter(|(_, c)| c.load(Ordering::Relaxed) > 0)
+            .map(|(n, c)| format!("{n}={}", c.load(Ordering::Relaxed)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
 /// The adapter.
 pub struct FuseFs {
+    pub counts: RequestCounts,
     fs: Arc<Fs>,
     /// Negotiate the kernel's writeback cache. Single-node mounts use it
     /// for speed; with it the kernel owns i_size and mtime of regular
@@ -55,11 +85,11 @@ pub struct FuseFs {
 
 impl FuseFs {
     pub fn new(fs: Arc<Fs>) -> Self {
-        Self::with_writeback_cache(fs, true)
+        Self::with_writeback_cache(fs, false)
     }
 
     pub fn with_writeback_cache(fs: Arc<Fs>, writeback_cache: bool) -> Self {
-        FuseFs { fs, writeback_cache, dirs: Mutex::new(HashMap::new()), next_fh: AtomicU64::new(1) }
+        FuseFs { fs, writeback_cache, counts: RequestCounts::default(), dirs: Mutex::new(HashMap::new()), next_fh: AtomicU64::new(1) }
     }
 
     fn addr(&self, ino: INodeNo) -> u64 {
@@ -204,6 +234,9 @@ impl Filesystem for FuseFs {
     }
 
     fn destroy(&mut self) {
+        if std::env::var_os("RGFS_FUSE_STATS").is_some() {
+            eprintln!("rgfs: FUSE requests: {}", self.counts.report());
+        }
         let mut core = self.fs.core.lock();
         if let Err(e) = core.shutdown() {
             eprintln!("rgfs: unmount: {e}");
@@ -211,17 +244,20 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.counts.hit(0);
         let p = self.addr(parent);
         let r = self.fs.with_inodes(&[p], EX, |c| c.lookup(p, name.as_bytes()));
         self.entry(r, reply);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.counts.hit(1);
         let a = self.addr(ino);
         let _ = self.fs.with_inodes(&[a], EX, |c| c.release_ref(a, nlookup, 0));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.counts.hit(2);
         let a = self.addr(ino);
         match self.fs.with_inodes(&[a], EX, |c| c.getattr(a)) {
             Ok(at) => reply.attr(&TTL, &self.attr(&at)),
@@ -247,6 +283,7 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.counts.hit(3);
         let a = self.addr(ino);
         let s = SetAttr {
             mode,
@@ -264,6 +301,7 @@ impl Filesystem for FuseFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.counts.hit(4);
         let a = self.addr(ino);
         match self.fs.with_inodes(&[a], EX, |c| c.readlink(a)) {
             Ok(d) => reply.data(&d),
@@ -272,12 +310,14 @@ impl Filesystem for FuseFs {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+        self.counts.hit(5);
         let p = self.addr(parent);
         let r = self.fs.with_inodes(&[p], EX, |c| c.create(p, name.as_bytes(), mode, rdev, Self::creds(req), None));
         self.entry(r, reply);
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        self.counts.hit(6);
         let p = self.addr(parent);
         let mode = s_if::DIR | (mode & 0o7777);
         let r = self.fs.with_inodes(&[p], EX, |c| c.create(p, name.as_bytes(), mode, 0, Self::creds(req), None));
@@ -285,6 +325,7 @@ impl Filesystem for FuseFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.counts.hit(7);
         let p = self.addr(parent);
         match self.fs.with_inodes(&[p], EX, |c| c.remove(p, name.as_bytes(), false)) {
             Ok(()) => reply.ok(),
@@ -293,6 +334,7 @@ impl Filesystem for FuseFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.counts.hit(8);
         let p = self.addr(parent);
         match self.fs.with_inodes(&[p], EX, |c| c.remove(p, name.as_bytes(), true)) {
             Ok(()) => reply.ok(),
@@ -301,6 +343,7 @@ impl Filesystem for FuseFs {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+        self.counts.hit(9);
         let p = self.addr(parent);
         let t = target.as_os_str().as_bytes();
         let r = self.fs.with_inodes(&[p], EX, |c| c.create(p, link_name.as_bytes(), s_if::LNK | 0o777, 0, Self::creds(req), Some(t)));
@@ -317,6 +360,7 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.counts.hit(10);
         let (p, np) = (self.addr(parent), self.addr(newparent));
         let r = self.fs.with_inodes(&[p, np], EX, |c| c.rename(p, name.as_bytes(), np, newname.as_bytes(), flags.bits()));
         match r {
@@ -326,12 +370,14 @@ impl Filesystem for FuseFs {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        self.counts.hit(11);
         let (a, np) = (self.addr(ino), self.addr(newparent));
         let r = self.fs.with_inodes(&[a, np], EX, |c| c.link(a, np, newname.as_bytes()));
         self.entry(r, reply);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.counts.hit(12);
         let a = self.addr(ino);
         match self.fs.with_inodes(&[a], EX, |c| c.add_ref(a, 0, 1)) {
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
@@ -350,8 +396,9 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.counts.hit(13);
         let a = self.addr(ino);
-        match self.fs.with_inodes(&[a], EX, |c| c.read(a, offset, size as usize)) {
+        match self.fs.read(a, offset, size as usize) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(&e)),
         }
@@ -369,18 +416,22 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.counts.hit(14);
         let a = self.addr(ino);
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         // With the writeback cache the kernel resolves O_APPEND offsets.
         let append = flags.0 & libc::O_APPEND != 0 && !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
-        match self.fs.with_inodes(&[a], EX, |c| c.write(a, offset, data, append, kill)) {
+        match self.fs.write(a, offset, data, append, kill) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        reply.ok();
+        self.counts.hit(15);
+        // Nothing to do at close (data is written through, or by the
+        // kernel's writeback before FLUSH); ENOSYS stops further FLUSHes.
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -393,6 +444,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.counts.hit(16);
         let a = self.addr(ino);
         match self.fs.with_inodes(&[a], EX, |c| c.release_ref(a, 0, 1)) {
             Ok(()) => reply.ok(),
@@ -401,6 +453,7 @@ impl Filesystem for FuseFs {
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.counts.hit(17);
         let a = self.addr(ino);
         match self.fs.with_inodes(&[a], EX, |c| c.sync()) {
             Ok(()) => reply.ok(),
@@ -409,6 +462,7 @@ impl Filesystem for FuseFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.counts.hit(18);
         let a = self.addr(ino);
         match self.fs.with_inodes(&[a], EX, |c| c.readdir(a)) {
             Ok(list) => {
@@ -421,6 +475,7 @@ impl Filesystem for FuseFs {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        self.counts.hit(19);
         let Some(list) = self.snapshot(ino, fh, offset) else {
             return reply.error(Errno::EIO);
         };
@@ -435,6 +490,7 @@ impl Filesystem for FuseFs {
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        self.counts.hit(20);
         let Some(list) = self.snapshot(ino, fh, offset) else {
             return reply.error(Errno::EIO);
         };
@@ -497,11 +553,13 @@ impl Filesystem for FuseFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.counts.hit(21);
         let s = self.fs.core.lock().statfs();
         reply.statfs(s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, s.namelen, s.bsize);
     }
 
     fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+        self.counts.hit(22);
         let a = self.addr(ino);
         let Some(n) = name.to_str() else { return reply.error(Errno::EOPNOTSUPP) };
         match self.fs.with_inodes(&[a], EX, |c| c.setxattr(a, n, Some(value), flags)) {
@@ -511,6 +569,7 @@ impl Filesystem for FuseFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.counts.hit(22);
         let a = self.addr(ino);
         let Some(n) = name.to_str() else { return reply.error(Errno::ENODATA) };
         match self.fs.with_inodes(&[a], EX, |c| c.getxattr(a, n)) {
@@ -522,6 +581,7 @@ impl Filesystem for FuseFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.counts.hit(22);
         let a = self.addr(ino);
         match self.fs.with_inodes(&[a], EX, |c| c.listxattr(a)) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
@@ -532,6 +592,7 @@ impl Filesystem for FuseFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.counts.hit(22);
         let a = self.addr(ino);
         let Some(n) = name.to_str() else { return reply.error(Errno::ENODATA) };
         match self.fs.with_inodes(&[a], EX, |c| c.setxattr(a, n, None, 0)) {
@@ -546,6 +607,7 @@ impl Filesystem for FuseFs {
     }
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, _flags: i32, reply: ReplyCreate) {
+        self.counts.hit(23);
         let p = self.addr(parent);
         let mode = if mode & s_if::FMT == 0 { mode | s_if::REG } else { mode };
         let r = self.fs.with_inodes(&[p], EX, |c| {

@@ -301,6 +301,38 @@ impl Fs {
         f(&mut core)
     }
 
+    /// Reads file data: the block map under the glock and core lock, the
+    /// device transfers outside the core lock (reads run in parallel).
+    pub fn read(&self, addr: u64, offset: u64, size: usize) -> Result<Vec<u8>> {
+        let plan = self.with_inodes(&[addr], GlockState::Exclusive, |c| c.read_planned(addr, offset, size))?;
+        let dev = self.core.lock().dev.clone();
+        plan.execute(&*dev).inspect_err(|e| self.core.lock().withdraw(&e.to_string()))
+    }
+
+    /// Writes file data: allocation and metadata under the locks, whole-
+    /// block data transfers outside the core lock inside an in-flight
+    /// section that every commit waits for (ordered mode).
+    pub fn write(&self, addr: u64, offset: u64, data: &[u8], append: bool, kill_priv: bool) -> Result<usize> {
+        let (n, runs, dev, inflight) = self.with_inodes(&[addr], GlockState::Exclusive, |c| {
+            let (n, runs) = c.write_deferred(addr, offset, data, append, kill_priv)?;
+            Ok((n, runs, c.dev.clone(), c.inflight.clone()))
+        })?;
+        if runs.is_empty() {
+            return Ok(n);
+        }
+        let err = runs.iter().find_map(|(off, range)| dev.write_at(*off, &data[range.clone()]).err());
+        let failed = err.as_ref().map(|e| e.to_string());
+        inflight.end(failed.clone());
+        match failed {
+            None => Ok(n),
+            Some(e) => {
+                let mut core = self.core.lock();
+                core.withdraw(&format!("data write failed: {e}"));
+                Err(Error::Withdrawn(e))
+            }
+        }
+    }
+
     /// Gives up (part of) a glock as GFS2 does on a blocking callback:
     /// kernel caches first (its dirty pages come back as writes), then log
     /// flush, write-back of the object's blocks, revokes, our caches; then

@@ -33,6 +33,69 @@ pub struct Inode {
     pub stale: bool,
 }
 
+/// A read resolved to device ranges.
+#[derive(Debug)]
+pub struct ReadPlan {
+    pub len: usize,
+    /// Content of a stuffed inode.
+    pub stuffed: Option<Vec<u8>>,
+    /// (offset in the result, device byte offset, length); gaps are holes.
+    pub runs: Vec<(usize, u64, usize)>,
+}
+
+impl ReadPlan {
+    pub fn execute(self, dev: &dyn rgfs_block::BlockDevice) -> Result<Vec<u8>> {
+        if let Some(s) = self.stuffed {
+            return Ok(s);
+        }
+        let mut out = vec![0u8; self.len];
+        for (at, dev_off, n) in self.runs {
+            dev.read_at(dev_off, &mut out[at..at + n])?;
+        }
+        Ok(out)
+    }
+}
+
+/// Data writes running without the core lock. A commit waits for them
+/// (ordered mode: data reaches the device before the metadata pointing to
+/// it is committed); a failed one makes the next commit withdraw.
+#[derive(Debug, Default)]
+pub struct Inflight {
+    count: parking_lot::Mutex<usize>,
+    idle: parking_lot::Condvar,
+    failed: parking_lot::Mutex<Option<String>>,
+}
+
+impl Inflight {
+    pub fn begin(&self) {
+        *self.count.lock() += 1;
+    }
+
+    pub fn end(&self, error: Option<String>) {
+        if let Some(e) = error {
+            self.failed.lock().get_or_insert(e);
+        }
+        let mut c = self.count.lock();
+        *c -= 1;
+        if *c == 0 {
+            self.idle.notify_all();
+        }
+    }
+
+    /// Waits until no data write is in flight (bounded: writers never wait
+    /// for the core lock while counted).
+    pub fn wait_idle(&self) {
+        let mut c = self.count.lock();
+        while *c > 0 {
+            self.idle.wait(&mut c);
+        }
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.failed.lock().clone()
+    }
+}
+
 /// Steps of a long truncate: blocks freed per step, so one step's
 /// transaction stays small whatever the file size.
 const TRUNCATE_STEP_BLOCKS: u64 = 16 * 1024;
@@ -245,19 +308,26 @@ impl FsCore {
     /// Reads `len` bytes at `offset` of a regular file or symlink
     /// (clipped to the size).
     pub fn read_data(&mut self, addr: u64, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let plan = self.read_plan(addr, offset, len)?;
+        plan.execute(&*self.dev)
+    }
+
+    /// Where the bytes of a read are: the device transfers can then run
+    /// without the core lock (see `glock::Fs::read`).
+    pub fn read_plan(&mut self, addr: u64, offset: u64, len: usize) -> Result<ReadPlan> {
+        self.inflight.wait_idle();
         let di = self.inode(addr)?.di.clone();
         if offset >= di.size {
-            return Ok(Vec::new());
+            return Ok(ReadPlan { len: 0, stuffed: None, runs: Vec::new() });
         }
         let len = len.min((di.size - offset) as usize);
-        let mut out = vec![0u8; len];
         if di.height == 0 {
             let buf = self.read_meta(addr, &[MetaType::Dinode], addr)?;
             let start = DINODE_SIZE + offset as usize;
-            out.copy_from_slice(&buf[start..start + len]);
-            return Ok(out);
+            return Ok(ReadPlan { len, stuffed: Some(buf[start..start + len].to_vec()), runs: Vec::new() });
         }
         let bsize = self.bsize();
+        let mut runs = Vec::new();
         let mut done = 0usize;
         while done < len {
             let pos = offset + done as u64;
@@ -277,16 +347,30 @@ impl FsCore {
             }
             let bytes = ((run_blocks * bsize) as usize - in_block).min(len - done);
             if let Some(p) = first {
-                self.dev.read_at(self.geom.byte_offset(p) + in_block as u64, &mut out[done..done + bytes])?;
+                runs.push((done, self.geom.byte_offset(p) + in_block as u64, bytes));
             }
             done += bytes;
         }
-        Ok(out)
+        Ok(ReadPlan { len, stuffed: None, runs })
     }
 
     /// Writes `data` at `offset` of a regular file, allocating blocks and
     /// growing the size. The caller updates times and commits.
     pub fn write_data(&mut self, addr: u64, offset: u64, data: &[u8]) -> Result<()> {
+        self.write_data_deferred(addr, offset, data, None)
+    }
+
+    /// Like [`write_data`](Self::write_data), but whole-block runs are not
+    /// written: they are appended to `defer` as (device offset, range of
+    /// `data`) for the caller to write without the core lock, inside an
+    /// in-flight section (so no commit passes them: ordered mode).
+    pub fn write_data_deferred(
+        &mut self,
+        addr: u64,
+        offset: u64,
+        data: &[u8],
+        mut defer: Option<&mut Vec<(u64, std::ops::Range<usize>)>>,
+    ) -> Result<()> {
         if data.is_empty() {
             return Ok(());
         }
@@ -333,7 +417,10 @@ impl FsCore {
                     d2 += bsize as usize;
                 }
                 let bytes = d2 - done;
-                self.dev.write_at(self.geom.byte_offset(blk), &data[done..done + bytes])?;
+                match defer.as_deref_mut() {
+                    Some(v) => v.push((self.geom.byte_offset(blk), done..done + bytes)),
+                    None => self.dev.write_at(self.geom.byte_offset(blk), &data[done..done + bytes])?,
+                }
                 done += bytes;
                 continue;
             }

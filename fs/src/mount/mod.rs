@@ -37,8 +37,10 @@ pub struct MountOptions {
     pub noatime: bool,
     pub errors_panic: bool,
     pub allow_other: bool,
-    /// Use the kernel's writeback cache (default; see `fuse::FuseFs`).
-    pub no_writeback_cache: bool,
+    /// Use the kernel's writeback cache (off by default: with it the kernel
+    /// owns regular files' size and mtime, which breaks coherence once
+    /// other nodes write; see `fuse::FuseFs`).
+    pub writeback_cache: bool,
     /// Options passed to FUSE unchanged (nosuid, nodev, noexec, ...).
     pub fuse_flags: Vec<String>,
 }
@@ -87,8 +89,8 @@ impl MountOptions {
                     v => return Err(format!("errors={v}: expected withdraw or panic")),
                 },
                 "allow_other" => self.allow_other = true,
-                "writeback_cache" => self.no_writeback_cache = false,
-                "nowriteback_cache" => self.no_writeback_cache = true,
+                "writeback_cache" => self.writeback_cache = true,
+                "nowriteback_cache" => self.writeback_cache = false,
                 "default_permissions" | "defaults" | "auto" | "noauto" | "_netdev" | "user" | "nouser" | "nofail" => {}
                 "suid" | "nosuid" | "dev" | "nodev" | "exec" | "noexec" | "sync" | "async" | "dirsync" => {
                     self.fuse_flags.push(key.to_string())
@@ -143,6 +145,8 @@ fn bare_core(dev: Arc<dyn BlockDevice>, sb: Superblock, opts: &CoreOptions) -> R
         local: StatfsChange::default(),
         withdrawn: None,
         ops_since_commit: 0,
+        inflight: Default::default(),
+        hold_commits: false,
     })
 }
 

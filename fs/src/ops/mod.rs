@@ -519,6 +519,20 @@ impl FsCore {
         Ok(data)
     }
 
+    /// The read side of `glock::Fs::read`: checks and atime under the lock,
+    /// returns where the bytes are.
+    pub fn read_planned(&mut self, addr: u64, offset: u64, size: usize) -> Result<crate::inode::ReadPlan> {
+        let plan = self.rop(|fs| {
+            let di = fs.inode(addr)?.di.clone();
+            if di.is_dir() {
+                return errno(libc::EISDIR);
+            }
+            fs.read_plan(addr, offset, size)
+        })?;
+        self.maybe_touch_atime(addr)?;
+        Ok(plan)
+    }
+
     fn maybe_touch_atime(&mut self, addr: u64) -> Result<()> {
         if self.opts.noatime || self.check_writable().is_err() {
             return Ok(());
@@ -530,6 +544,59 @@ impl FsCore {
             self.op(|fs| fs.update_dinode(addr, |d| d.atime = now))?;
         }
         Ok(())
+    }
+
+    /// A write whose whole-block data transfers run later, without the core
+    /// lock (`glock::Fs::write`): returns the byte count and the deferred
+    /// (device offset, data range) runs, with an in-flight section begun if
+    /// there are any (the caller must end it). No commit happens inside.
+    pub fn write_deferred(
+        &mut self,
+        addr: u64,
+        offset: u64,
+        data: &[u8],
+        append: bool,
+        kill_priv: bool,
+    ) -> Result<(usize, Vec<(u64, std::ops::Range<usize>)>)> {
+        let mut runs = Vec::new();
+        self.hold_commits = true;
+        let r = self.op(|fs| {
+            let di = fs.inode(addr)?.di.clone();
+            if !di.is_reg() {
+                return errno(if di.is_dir() { libc::EISDIR } else { libc::EINVAL });
+            }
+            let offset = if append { di.size } else { offset };
+            fs.write_data_deferred(addr, offset, data, Some(&mut runs))?;
+            let now = Timestamp::now();
+            fs.update_dinode(addr, |d| {
+                d.mtime = now;
+                d.ctime = now;
+                if kill_priv {
+                    d.mode &= !s_if::SUID;
+                    if d.mode & 0o010 != 0 {
+                        d.mode &= !s_if::SGID;
+                    }
+                }
+            })?;
+            Ok(data.len())
+        });
+        self.hold_commits = false;
+        // Even after an error, the runs hold the caller's bytes for blocks
+        // already mapped: write them.
+        if !runs.is_empty() {
+            self.inflight.begin();
+        }
+        match r {
+            Ok(n) => Ok((n, runs)),
+            Err(e) => {
+                if !runs.is_empty() {
+                    let dev = self.dev.clone();
+                    let err = runs.iter().find_map(|(off, range)| dev.write_at(*off, &data[range.clone()]).err());
+                    self.inflight.end(err.map(|e| e.to_string()));
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Writes file data. `kill_priv` clears set-user-ID/set-group-ID bits
