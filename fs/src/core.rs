@@ -312,7 +312,6 @@ impl FsCore {
         }
         let revokes = std::mem::take(&mut self.revokes);
         let local = self.local;
-        let before = self.log.as_ref().map(|l| l.durable_sequence());
         let r = self
             .log
             .as_mut()
@@ -322,9 +321,9 @@ impl FsCore {
         r?;
         self.ops_since_commit = 0;
         self.unpin_written();
-        // Frees committed in a durable header may be reused.
-        let after = self.log.as_ref().map(|l| l.durable_sequence());
-        if sync || after != before {
+        // Frees may be reused once every header written is durable: only a
+        // synced commit guarantees that (a plain commit's header is not).
+        if sync {
             self.alloc.release_frees();
         }
         Ok(())

@@ -134,7 +134,8 @@ fn spawn_flusher(fs: std::sync::Weak<Fs>) {
         if core.is_withdrawn() || core.log.is_none() {
             continue;
         }
-        let _ = core.commit(false);
+        // Synced, so blocks freed meanwhile become reusable.
+        let _ = core.commit(true);
         if core.log.as_ref().is_some_and(|l| l.ail_len() > l.jd_blocks() as usize / 4) {
             let _ = core.checkpoint();
         }
