@@ -216,3 +216,31 @@ fn every_crash_state_replays_to_a_consistent_image() {
     eprintln!("crash suite: {total} crash states, {promises_checked} fsync promises verified");
     assert!(promises_checked > 0, "the workload made no verifiable fsync promise");
 }
+
+#[test]
+fn an_unlinked_open_file_is_freed_at_the_next_mount_after_a_crash() {
+    require_gfs2_utils!();
+    let dev = Arc::new(RecordingDevice::new(common::mkfs_image(24, 4096, 1)));
+    let (mut fs, _) = rgfs::mount::mount(dev.clone() as Arc<dyn BlockDevice>, &Default::default()).unwrap();
+    let root = fs.sys.root;
+    let free_before = fs.statfs().bfree;
+    let a = fs.create(root, b"held", s_if::REG | 0o644, 0, Creds::default(), None).unwrap().ino;
+    fs.write(a, 0, &vec![5u8; 300_000], false, false).unwrap();
+    fs.add_ref(a, 0, 1).unwrap(); // open
+    fs.remove(root, b"held", false).unwrap();
+    // Still readable while open; the dinode is UNLINKED, not free.
+    assert_eq!(fs.read(a, 0, 10).unwrap(), vec![5u8; 10]);
+    assert_eq!(fs.alloc.state(a), Some(rgfs::format::BlockState::Unlinked));
+    fs.sync().unwrap();
+    // Crash with the file still open.
+    let img = dev.crash_image(dev.ops(), None);
+    drop(fs);
+    let mdev = Arc::new(MemDevice::from_bytes(img));
+    let (mut fs, report) = rgfs::mount::mount(mdev.clone(), &Default::default()).unwrap();
+    assert_eq!(report.orphans_freed, 1);
+    assert_eq!(fs.alloc.state(a), Some(rgfs::format::BlockState::Free));
+    assert_eq!(fs.statfs().bfree, free_before, "every block of the orphan came back");
+    fs.shutdown().unwrap();
+    drop(fs);
+    common::fsck(&mdev.snapshot()).unwrap();
+}

@@ -458,3 +458,36 @@ fn kill_9_mid_workload_then_remount_replays_and_keeps_fsynced_data() {
     m.unmount().unwrap();
     fsck(&img).unwrap();
 }
+
+#[test]
+fn files_get_the_callers_uid_and_gid_and_the_kernel_checks_permissions() {
+    if !fuse_available() || !rgfs_tests::have("setpriv") {
+        return;
+    }
+    let tmp = scratch();
+    let img = tmp.path().join("img");
+    make_image(&img, 64, Mkfs::Gfs2);
+    let m = Mounted::new(&img, &tmp.path().join("mnt"), "allow_other").unwrap();
+    // Other users must be able to reach the mount point itself.
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::create_dir(m.path("pub")).unwrap();
+    fs::set_permissions(m.path("pub"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::write(m.path("pub/roots"), b"root's").unwrap();
+    fs::set_permissions(m.path("pub/roots"), fs::Permissions::from_mode(0o644)).unwrap();
+    let as_user = |script: &str| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid", "4321", "--regid", "8765", "--clear-groups", "sh", "-c", script])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(as_user(&format!("echo mine > {}", m.path("pub/users").display())));
+    let md = fs::metadata(m.path("pub/users")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (4321, 8765), "created with the caller's ids");
+    assert!(!as_user(&format!("echo x >> {}", m.path("pub/roots").display())), "write to a 0644 root file allowed");
+    assert!(!as_user(&format!("rm -f {}", m.path("pub/roots").display())), "sticky directory let a user delete root's file");
+    assert!(m.path("pub/roots").exists());
+    assert!(!as_user(&format!("touch {}", m.path("newfile").display())), "user created a file in root's 0755 dir");
+    m.unmount().unwrap();
+    fsck(&img).unwrap();
+}
