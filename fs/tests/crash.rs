@@ -67,7 +67,7 @@ fn workload(fs: &mut FsCore, dev: &RecordingDevice, rng: &mut Rng, steps: usize)
     }
     fs.sync().unwrap();
     t.step_end.push(dev.ops());
-    let mut touch = |t: &mut Trace, p: &str, step: usize| t.modified.entry(p.to_string()).or_default().push(step);
+    let touch = |t: &mut Trace, p: &str, step: usize| t.modified.entry(p.to_string()).or_default().push(step);
     for step in 1..steps {
         let d = DIRS[rng.below(2) as usize];
         let f = format!("{d}/f{}", rng.below(6));

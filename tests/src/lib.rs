@@ -7,10 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Whether a program is on PATH.
-pub fn have(prog: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {prog}")).output().map(|o| o.status.success()).unwrap_or(false)
-}
+mod oracle;
+pub use oracle::{fsck, have};
 
 /// Whether real FUSE mounts can run here; prints why not.
 pub fn fuse_available() -> bool {
@@ -82,21 +80,6 @@ pub fn make_image(path: &Path, size_mib: u64, mkfs: Mkfs) {
             rgfs_mkfs::make_filesystem(&dev, &o).expect("mkfs.rgfs");
         }
     }
-}
-
-/// Runs fsck.gfs2 -n; Err(output) on any complaint.
-pub fn fsck(path: &Path) -> Result<(), String> {
-    let out = Command::new("fsck.gfs2").arg("-n").arg(path).output().expect("run fsck.gfs2");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let complaint = text.lines().any(|l| {
-        let l = l.to_lowercase();
-        l.contains("error") || l.contains("dirty") || l.contains("inconsistent") || l.contains("not fixed")
-            || l.contains("does not match") || l.contains("bad ") || l.contains("invalid")
-    });
-    if out.status.code() != Some(0) || complaint {
-        return Err(format!("fsck.gfs2 -n exit {:?}:\n{text}", out.status.code()));
-    }
-    Ok(())
 }
 
 fn is_mounted(dir: &Path) -> bool {

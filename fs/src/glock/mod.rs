@@ -320,8 +320,7 @@ impl Fs {
         if runs.is_empty() {
             return Ok(n);
         }
-        let err = runs.iter().find_map(|(off, range)| dev.write_at(*off, &data[range.clone()]).err());
-        let failed = err.as_ref().map(|e| e.to_string());
+        let failed = crate::inode::write_runs(&*dev, data, &runs);
         inflight.end(failed.clone());
         match failed {
             None => Ok(n),

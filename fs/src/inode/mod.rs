@@ -56,6 +56,12 @@ impl ReadPlan {
     }
 }
 
+/// Writes deferred data runs (device offset, range of `data`); the first
+/// failure, as text (the caller ends the in-flight section with it).
+pub fn write_runs(dev: &dyn rgfs_block::BlockDevice, data: &[u8], runs: &[(u64, std::ops::Range<usize>)]) -> Option<String> {
+    runs.iter().find_map(|(off, range)| dev.write_at(*off, &data[range.clone()]).err()).map(|e| e.to_string())
+}
+
 /// Data writes running without the core lock. A commit waits for them
 /// (ordered mode: data reaches the device before the metadata pointing to
 /// it is committed); a failed one makes the next commit withdraw.

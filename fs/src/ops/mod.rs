@@ -590,9 +590,8 @@ impl FsCore {
             Ok(n) => Ok((n, runs)),
             Err(e) => {
                 if !runs.is_empty() {
-                    let dev = self.dev.clone();
-                    let err = runs.iter().find_map(|(off, range)| dev.write_at(*off, &data[range.clone()]).err());
-                    self.inflight.end(err.map(|e| e.to_string()));
+                    let failed = crate::inode::write_runs(&*self.dev, data, &runs);
+                    self.inflight.end(failed);
                 }
                 Err(e)
             }
@@ -600,28 +599,20 @@ impl FsCore {
     }
 
     /// Writes file data. `kill_priv` clears set-user-ID/set-group-ID bits
-    /// (FUSE_HANDLE_KILLPRIV_V2: the kernel asks the filesystem to).
+    /// (FUSE_HANDLE_KILLPRIV_V2: the kernel asks the filesystem to). The
+    /// data transfers run here, under the caller's lock (in-process use;
+    /// `glock::Fs::write` runs them without the core lock).
     pub fn write(&mut self, addr: u64, offset: u64, data: &[u8], append: bool, kill_priv: bool) -> Result<usize> {
-        self.op(|fs| {
-            let di = fs.inode(addr)?.di.clone();
-            if !di.is_reg() {
-                return errno(if di.is_dir() { libc::EISDIR } else { libc::EINVAL });
+        let (n, runs) = self.write_deferred(addr, offset, data, append, kill_priv)?;
+        if !runs.is_empty() {
+            let failed = crate::inode::write_runs(&*self.dev, data, &runs);
+            self.inflight.end(failed.clone());
+            if let Some(e) = failed {
+                self.withdraw(&format!("data write failed: {e}"));
+                return Err(Error::Withdrawn(e));
             }
-            let offset = if append { di.size } else { offset };
-            fs.write_data(addr, offset, data)?;
-            let now = Timestamp::now();
-            fs.update_dinode(addr, |d| {
-                d.mtime = now;
-                d.ctime = now;
-                if kill_priv {
-                    d.mode &= !s_if::SUID;
-                    if d.mode & 0o010 != 0 {
-                        d.mode &= !s_if::SGID;
-                    }
-                }
-            })?;
-            Ok(data.len())
-        })
+        }
+        Ok(n)
     }
 
     /// fallocate(2) mode 0 and FALLOC_FL_KEEP_SIZE.

@@ -10,10 +10,9 @@ use rgfs::core::FsCore;
 use rgfs::mount::{mount, MountOptions};
 use rgfs_block::BlockDevice;
 
-/// Whether a program is on PATH.
-pub fn have(prog: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {prog}")).output().map(|o| o.status.success()).unwrap_or(false)
-}
+#[path = "../../../tests/src/oracle.rs"]
+mod oracle;
+pub use oracle::have;
 
 /// Skips the calling test (with a printed notice) when gfs2-utils are missing.
 #[macro_export]
@@ -63,17 +62,7 @@ pub fn fsck(image: &[u8]) -> Result<(), String> {
 }
 
 pub fn fsck_path(path: &std::path::Path) -> Result<(), String> {
-    let out = Command::new("fsck.gfs2").arg("-n").arg(path).output().expect("run fsck.gfs2");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let complaint = text.lines().any(|l| {
-        let l = l.to_lowercase();
-        l.contains("error") || l.contains("dirty") || l.contains("inconsistent") || l.contains("not fixed")
-            || l.contains("does not match") || l.contains("bad ") || l.contains("invalid")
-    });
-    if out.status.code() != Some(0) || complaint {
-        return Err(format!("fsck.gfs2 -n exit {:?}:\n{text}", out.status.code()));
-    }
-    Ok(())
+    oracle::fsck(path)
 }
 
 /// Mounts an image on a device.
