@@ -30,13 +30,16 @@ pub struct Rgrp {
     clone: Option<Vec<u8>>,
     /// Bitmap blocks (0 = header block) changed since the last `take_dirty`.
     dirty_blocks: BTreeSet<u32>,
+    /// No block below this index is free in the search map: searches skip
+    /// the full prefix instead of rescanning it (0 is always valid).
+    first_free_hint: u32,
     header_dirty: bool,
 }
 
 impl Rgrp {
     pub fn new(ri: Rindex, header: RgrpHeader, bitmap: Vec<u8>) -> Rgrp {
         assert_eq!(bitmap.len(), ri.bitbytes as usize);
-        Rgrp { ri, header, bitmap, clone: None, dirty_blocks: BTreeSet::new(), header_dirty: false }
+        Rgrp { ri, header, bitmap, clone: None, dirty_blocks: BTreeSet::new(), header_dirty: false, first_free_hint: 0 }
     }
 
     /// Free, dinode+unlinked counts computed from the bitmap.
@@ -158,6 +161,10 @@ impl Allocator {
                 continue;
             }
             let start = if k == 0 && r.ri.contains(goal) { (goal - r.ri.data0) as u32 } else { 0 };
+            let start = start.max(r.first_free_hint);
+            if start >= r.ri.data {
+                continue;
+            }
             let map = r.search_map();
             let Some(idx) = bitmap::find(map, r.ri.data, start, BlockState::Free) else {
                 continue;
@@ -178,6 +185,9 @@ impl Allocator {
             }
             if state == BlockState::Dinode {
                 r.header.igeneration = r.header.igeneration.wrapping_add(1);
+            }
+            if idx == r.first_free_hint {
+                r.first_free_hint = idx + len;
             }
             return Some((r.ri.data0 + idx as u64, len));
         }
@@ -239,6 +249,8 @@ impl Allocator {
     pub fn release_frees(&mut self) {
         for i in std::mem::take(&mut self.cloned) {
             self.rgrps[i].clone = None;
+            // Freed blocks are now free in the search map.
+            self.rgrps[i].first_free_hint = 0;
         }
     }
 
