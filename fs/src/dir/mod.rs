@@ -189,7 +189,7 @@ impl FsCore {
                 let mut area = buf[LEAF_HEADER_SIZE..].to_vec();
                 if dirent::insert(&mut area, inum, name, de_type).at_block(blk)?.is_some() {
                     let now = Timestamp::now();
-                    leaf.entries += 1;
+                    leaf.entries = leaf.entries.saturating_add(1);
                     leaf.sec = now.sec as u64;
                     leaf.nsec = now.nsec;
                     let b = self.cache.modify(blk);
@@ -265,7 +265,7 @@ impl FsCore {
         }
         let (mut nleaf, _) = self.leaf_read(dir, nb)?;
         nleaf.entries = movers.len() as u16;
-        leaf.entries -= movers.len() as u16;
+        leaf.entries = leaf.entries.saturating_sub(movers.len() as u16);
         leaf.depth += 1;
         let b = self.cache.modify(blk);
         b[LEAF_HEADER_SIZE..].copy_from_slice(&old_area);
@@ -320,7 +320,7 @@ impl FsCore {
             let gone = dirent::remove(&mut area, name).at_block(dir)?;
             if gone.is_some() {
                 self.cache.modify(dir)[DINODE_SIZE..].copy_from_slice(&area);
-                self.update_dinode(dir, |d| d.entries -= 1)?;
+                self.update_dinode(dir, |d| d.entries = d.entries.saturating_sub(1))?;
             }
             return Ok(gone);
         }
@@ -338,7 +338,7 @@ impl FsCore {
                 let b = self.cache.modify(blk);
                 b[LEAF_HEADER_SIZE..].copy_from_slice(&area);
                 leaf.encode_into(&mut b[..LEAF_HEADER_SIZE]);
-                self.update_dinode(dir, |d| d.entries -= 1)?;
+                self.update_dinode(dir, |d| d.entries = d.entries.saturating_sub(1))?;
                 return Ok(Some(gone));
             }
             if leaf.next == 0 {
@@ -442,7 +442,7 @@ impl FsCore {
         for &b in &leaves {
             self.free_blocks(b, 1, false)?;
         }
-        self.update_dinode(dir, |d| d.blocks -= leaves.len() as u64)?;
+        self.update_dinode(dir, |d| d.blocks = d.blocks.saturating_sub(leaves.len() as u64))?;
         self.free_tree_from(dir, 0)?;
         Ok(())
     }

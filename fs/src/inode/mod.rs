@@ -573,7 +573,7 @@ impl FsCore {
             i = j;
         }
         if n > 0 {
-            self.update_dinode(addr, |d| d.blocks -= n)?;
+            self.update_dinode(addr, |d| d.blocks = d.blocks.saturating_sub(n))?;
         }
         Ok(())
     }

@@ -316,7 +316,7 @@ impl FsCore {
                 d.mtime = now;
                 d.ctime = now;
                 if dir {
-                    d.nlink -= 1;
+                    d.nlink = d.nlink.saturating_sub(1);
                 }
             })?;
             fs.drop_link(inum.addr, now)
@@ -435,12 +435,12 @@ impl FsCore {
             if sdi.is_dir() && sp != dp {
                 let dnum = fs.inode(dp)?.di.num;
                 fs.dir_retarget(src.addr, b"..", dnum, dt::DIR)?;
-                fs.update_dinode(sp, |d| d.nlink -= 1)?;
+                fs.update_dinode(sp, |d| d.nlink = d.nlink.saturating_sub(1))?;
                 if !replaced_dir {
                     fs.update_dinode(dp, |d| d.nlink += 1)?;
                 }
             } else if replaced_dir {
-                fs.update_dinode(dp, |d| d.nlink -= 1)?;
+                fs.update_dinode(dp, |d| d.nlink = d.nlink.saturating_sub(1))?;
             }
             fs.touch_dir(sp, now)?;
             fs.touch_dir(dp, now)?;

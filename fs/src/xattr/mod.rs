@@ -153,7 +153,7 @@ impl FsCore {
             self.update_dinode(addr, |d| {
                 d.eattr = 0;
                 d.flags &= !dif::EA_INDIRECT;
-                d.blocks -= n;
+                d.blocks = d.blocks.saturating_sub(n);
             })?;
         }
         Ok(())
