@@ -491,3 +491,69 @@ fn files_get_the_callers_uid_and_gid_and_the_kernel_checks_permissions() {
     m.unmount().unwrap();
     fsck(&img).unwrap();
 }
+
+fn acl_bytes(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for &(t, p, id) in entries {
+        v.extend_from_slice(&t.to_le_bytes());
+        v.extend_from_slice(&p.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+fn set_xattr(path: &Path, name: &str, v: &[u8]) -> i32 {
+    let (pc, nc) = (cstr(path), CString::new(name).unwrap());
+    let r = unsafe { libc::setxattr(pc.as_ptr(), nc.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+    if r == 0 { 0 } else { std::io::Error::last_os_error().raw_os_error().unwrap() }
+}
+
+#[test]
+fn posix_acls_are_enforced_inherited_and_kept_in_step_with_the_mode() {
+    if !fuse_available() || !rgfs_tests::have("setpriv") {
+        return;
+    }
+    let tmp = scratch();
+    let img = tmp.path().join("img");
+    make_image(&img, 64, Mkfs::Gfs2);
+    let m = Mounted::new(&img, &tmp.path().join("mnt"), "allow_other").unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let run_as = |uid: u32, script: &str| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid", &uid.to_string(), "--regid", &uid.to_string(), "--clear-groups", "sh", "-c", script])
+            .status()
+            .unwrap()
+            .success()
+    };
+    const ALL: u32 = u32::MAX;
+    // A root file, mode 0600, with an ACL granting user 4321 read-write.
+    fs::write(m.path("secret"), b"s").unwrap();
+    fs::set_permissions(m.path("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    let acl = acl_bytes(&[(0x01, 6, ALL), (0x02, 6, 4321), (0x04, 0, ALL), (0x10, 6, ALL), (0x20, 0, ALL)]);
+    assert_eq!(set_xattr(&m.path("secret"), "system.posix_acl_access", &acl), 0);
+    assert_eq!(fs::metadata(m.path("secret")).unwrap().mode() & 0o777, 0o660, "the mode follows the ACL's mask");
+    let secret = m.path("secret").display().to_string();
+    assert!(run_as(4321, &format!("echo ok >> {secret}")), "the ACL's named user may write");
+    assert!(!run_as(4322, &format!("cat {secret}")), "another user may not read");
+    // chmod narrows the mask: the named user loses write.
+    fs::set_permissions(m.path("secret"), fs::Permissions::from_mode(0o640)).unwrap();
+    assert!(!run_as(4321, &format!("echo no >> {secret}")), "chmod g-w must narrow the ACL mask");
+    assert!(run_as(4321, &format!("cat {secret} >/dev/null")));
+    // Default ACL: inherited by new files (umask ignored) and directories.
+    fs::create_dir(m.path("shared")).unwrap();
+    fs::set_permissions(m.path("shared"), fs::Permissions::from_mode(0o777)).unwrap();
+    let dacl = acl_bytes(&[(0x01, 7, ALL), (0x02, 7, 4321), (0x04, 5, ALL), (0x10, 7, ALL), (0x20, 5, ALL)]);
+    assert_eq!(set_xattr(&m.path("shared"), "system.posix_acl_default", &dacl), 0);
+    assert_eq!(set_xattr(&m.path("secret"), "system.posix_acl_default", &dacl), libc::EACCES, "default ACL on a file");
+    assert!(run_as(4000, &format!("umask 077; echo x > {}/f; mkdir {}/d", m.path("shared").display(), m.path("shared").display())));
+    assert_eq!(fs::metadata(m.path("shared/f")).unwrap().mode() & 0o777, 0o664, "umask ignored under a default ACL");
+    assert!(run_as(4321, &format!("echo more >> {}/f", m.path("shared").display())), "inherited ACL grants the named user");
+    assert!(run_as(4321, &format!("touch {}/d/inside", m.path("shared").display())), "directories inherit the default ACL");
+    // Without a default ACL the umask applies.
+    fs::create_dir(m.path("nodefault")).unwrap();
+    fs::set_permissions(m.path("nodefault"), fs::Permissions::from_mode(0o777)).unwrap();
+    assert!(run_as(4000, &format!("umask 027; echo x > {}/plain", m.path("nodefault").display())));
+    assert_eq!(fs::metadata(m.path("nodefault/plain")).unwrap().mode() & 0o777, 0o640, "umask applied");
+    m.unmount().unwrap();
+    fsck(&img).unwrap();
+}

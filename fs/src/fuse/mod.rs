@@ -207,8 +207,8 @@ impl FuseFs {
         }
     }
 
-    fn creds(req: &Request) -> Creds {
-        Creds { uid: req.uid(), gid: req.gid() }
+    fn creds(req: &Request, umask: u32) -> Creds {
+        Creds { uid: req.uid(), gid: req.gid(), umask }
     }
 }
 
@@ -222,7 +222,11 @@ impl Filesystem for FuseFs {
             | InitFlags::FUSE_ASYNC_DIO
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_BIG_WRITES
-            | InitFlags::FUSE_MAX_PAGES;
+            | InitFlags::FUSE_MAX_PAGES
+            // The kernel enforces ACLs (we store them and keep mode and
+            // default ACLs in step) and leaves the umask to us.
+            | InitFlags::FUSE_POSIX_ACL
+            | InitFlags::FUSE_DONT_MASK;
         let want = if self.writeback_cache { want } else { want - InitFlags::FUSE_WRITEBACK_CACHE };
         let have = config.capabilities();
         let _ = config.add_capabilities(want & have);
@@ -309,18 +313,18 @@ impl Filesystem for FuseFs {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
         self.counts.hit(5);
         let p = self.addr(parent);
-        let r = self.fs.with_inodes(&[p], EX, |c| c.create(p, name.as_bytes(), mode, rdev, Self::creds(req), None));
+        let r = self.fs.with_inodes(&[p], EX, |c| c.create(p, name.as_bytes(), mode, rdev, Self::creds(req, umask), None));
         self.entry(r, reply);
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         self.counts.hit(6);
         let p = self.addr(parent);
         let mode = s_if::DIR | (mode & 0o7777);
-        let r = self.fs.with_inodes(&[p], EX, |c| c.create(p, name.as_bytes(), mode, 0, Self::creds(req), None));
+        let r = self.fs.with_inodes(&[p], EX, |c| c.create(p, name.as_bytes(), mode, 0, Self::creds(req, umask), None));
         self.entry(r, reply);
     }
 
@@ -346,7 +350,7 @@ impl Filesystem for FuseFs {
         self.counts.hit(9);
         let p = self.addr(parent);
         let t = target.as_os_str().as_bytes();
-        let r = self.fs.with_inodes(&[p], EX, |c| c.create(p, link_name.as_bytes(), s_if::LNK | 0o777, 0, Self::creds(req), Some(t)));
+        let r = self.fs.with_inodes(&[p], EX, |c| c.create(p, link_name.as_bytes(), s_if::LNK | 0o777, 0, Self::creds(req, 0), Some(t)));
         self.entry(r, reply);
     }
 
@@ -606,12 +610,12 @@ impl Filesystem for FuseFs {
         reply.ok();
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, _flags: i32, reply: ReplyCreate) {
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
         self.counts.hit(23);
         let p = self.addr(parent);
         let mode = if mode & s_if::FMT == 0 { mode | s_if::REG } else { mode };
         let r = self.fs.with_inodes(&[p], EX, |c| {
-            let a = c.create(p, name.as_bytes(), mode, 0, Self::creds(req), None)?;
+            let a = c.create(p, name.as_bytes(), mode, 0, Self::creds(req, umask), None)?;
             c.add_ref(a.ino, 1, 1)?;
             Ok(a)
         });

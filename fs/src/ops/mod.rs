@@ -18,12 +18,16 @@ use crate::dir::DirEntry;
 use crate::error::{corrupt, errno, Error, Result};
 use crate::format::consts::{dif, dt, s_if, FNAMESIZE};
 use crate::format::{Dinode, Inum, Timestamp};
+use crate::xattr::acl;
 
 /// Who performs an operation.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Creds {
     pub uid: u32,
     pub gid: u32,
+    /// The caller's umask, applied here when the parent has no default ACL
+    /// (with a default ACL, POSIX ignores the umask).
+    pub umask: u32,
 }
 
 /// Attributes of an inode, as stat reports them.
@@ -209,9 +213,35 @@ impl FsCore {
             if pdi.flags & dif::SYSTEM != 0 {
                 flags |= dif::SYSTEM;
             }
-            // Keep directories apart (their own rgrp region), files near
-            // their parent, as GFS2's goal logic does.
+            // Default ACL of the parent, or the umask.
+            let default_acl = if symlink.is_some() || pdi.eattr == 0 {
+                None
+            } else {
+                match fs.xattr_get(parent, acl::DEFAULT) {
+                    Ok(v) => acl::parse(&v),
+                    Err(Error::Errno(_)) => None,
+                    Err(e) => return Err(e),
+                }
+            };
+            let mut access_acl = None;
+            match &default_acl {
+                Some(d) => {
+                    let (a, m) = acl::inherit(d, mode);
+                    mode = m;
+                    if !acl::is_minimal(&a) {
+                        access_acl = Some(a);
+                    }
+                }
+                None if symlink.is_none() => mode &= !(creds.umask & 0o777),
+                None => {}
+            }
             let addr = fs.new_inode(parent, mode, creds.uid, gid, rdev, flags)?;
+            if let Some(a) = access_acl {
+                fs.xattr_set(addr, acl::ACCESS, Some(&acl::encode(&a)), 0)?;
+            }
+            if let (Some(d), true) = (&default_acl, is_dir) {
+                fs.xattr_set(addr, acl::DEFAULT, Some(&acl::encode(d)), 0)?;
+            }
             let this = fs.inode(addr)?.di.clone();
             if is_dir {
                 fs.dir_init(addr, pdi.num)?;
@@ -468,6 +498,13 @@ impl FsCore {
                     })?;
                 }
             }
+            if let (Some(m), true) = (s.mode, di.eattr != 0) {
+                // chmod keeps an access ACL in step with the mode.
+                if let Some(mut a) = fs.xattr_get(addr, acl::ACCESS).ok().and_then(|v| acl::parse(&v)) {
+                    acl::chmod(&mut a, m);
+                    fs.xattr_set(addr, acl::ACCESS, Some(&acl::encode(&a)), 0)?;
+                }
+            }
             let chown = s.uid.is_some_and(|u| u != di.uid) || s.gid.is_some_and(|g| g != di.gid);
             fs.update_dinode(addr, |d| {
                 if let Some(m) = s.mode {
@@ -665,8 +702,28 @@ impl FsCore {
 
     pub fn setxattr(&mut self, addr: u64, name: &str, value: Option<&[u8]>, flags: i32) -> Result<()> {
         self.op(|fs| {
-            fs.xattr_set(addr, name, value, flags)?;
             let now = Timestamp::now();
+            if let (acl::ACCESS | acl::DEFAULT, Some(v)) = (name, value) {
+                let Some(a) = acl::parse(v) else { return errno(libc::EINVAL) };
+                let is_dir = fs.inode(addr)?.di.is_dir();
+                if name == acl::DEFAULT && !is_dir {
+                    return errno(libc::EACCES);
+                }
+                if name == acl::ACCESS {
+                    // The mode follows the ACL; an ACL the mode expresses
+                    // fully is not stored (as the kernel's filesystems do).
+                    let bits = acl::mode_bits(&a);
+                    fs.update_dinode(addr, |d| d.mode = (d.mode & !0o777) | bits)?;
+                    if acl::is_minimal(&a) {
+                        match fs.xattr_set(addr, name, None, 0) {
+                            Ok(()) | Err(Error::Errno(libc::ENODATA)) => {}
+                            Err(e) => return Err(e),
+                        }
+                        return fs.update_dinode(addr, |d| d.ctime = now);
+                    }
+                }
+            }
+            fs.xattr_set(addr, name, value, flags)?;
             fs.update_dinode(addr, |d| d.ctime = now)
         })
     }

@@ -13,6 +13,8 @@
 //! - an inode without attributes has `di_eattr == 0`, so the lookups `ls -l`
 //!   makes (security.*, system.posix_acl_*) are answered without I/O.
 
+pub mod acl;
+
 use crate::core::FsCore;
 use crate::error::{corrupt, errno, AtBlock, Result};
 use crate::format::bitmap::BlockState;
