@@ -122,7 +122,7 @@ fn name(n: u8) -> String {
 type R = Result<(), i32>;
 
 fn apply(fs: &mut FsCore, m: &mut Model, op: &Op) -> Result<(R, R), String> {
-    let creds = Creds { uid: 0, gid: 0 };
+    let creds = Creds::default();
     let res = |r: rgfs::Result<()>| -> Result<R, String> {
         match r {
             Ok(()) => Ok(Ok(())),
