@@ -1,1 +1,12 @@
-//! The rgfs distributed lock manager (issue 3 delivers the engine, protocol, daemon and client).
+//! The rgfs distributed lock manager: a pure lock engine ([`engine`]), its protocol
+//! ([`proto`]), the daemon `rgfs-dlmd` ([`daemon`]), the client library ([`client`])
+//! and the CLI `rgfs-dlm`. See docs/dlm.md.
+pub mod cluster;
+
+pub mod engine;
+pub mod proto;
+pub mod client;
+pub mod daemon;
+
+/// Largest gRPC message either side accepts, in bytes.
+pub const MESSAGE_MAX_BYTES: usize = 4 << 20;

@@ -1,0 +1,52 @@
+//! Admin queries (`status`, `lockdump`) on a session that joins no lockspace.
+
+use super::connect::{next_kind, open_session, ConnectOptions, Outbound, Session};
+use super::ClientError;
+use crate::proto as pb;
+
+/// A session for queries.
+pub struct AdminClient {
+    session: Session,
+}
+
+impl AdminClient {
+    /// Connects and authenticates.
+    pub async fn connect(options: &ConnectOptions) -> Result<AdminClient, ClientError> {
+        Ok(AdminClient { session: open_session(options, "", 0, false).await? })
+    }
+
+    /// The daemon's node id.
+    pub fn node_id(&self) -> u32 {
+        self.session.welcome.node_id
+    }
+
+    async fn query(&mut self, kind: pb::query::Kind) -> Result<pb::query_reply::Kind, ClientError> {
+        let message = pb::ClientMessage { kind: Some(pb::client_message::Kind::Query(pb::Query { kind: Some(kind) })) };
+        self.session.tx.send(Outbound::Message(message)).map_err(|_| ClientError::Disconnected)?;
+        loop {
+            match next_kind(&mut self.session.inbound).await? {
+                pb::server_message::Kind::Reply(pb::QueryReply { kind: Some(pb::query_reply::Kind::Error(e)) }) => {
+                    return Err(ClientError::Protocol(e));
+                }
+                pb::server_message::Kind::Reply(pb::QueryReply { kind: Some(reply) }) => return Ok(reply),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The daemon's status and per-lockspace counters.
+    pub async fn status(&mut self) -> Result<pb::StatusReply, ClientError> {
+        match self.query(pb::query::Kind::Status(pb::StatusQuery {})).await? {
+            pb::query_reply::Kind::Status(s) => Ok(s),
+            other => Err(ClientError::Protocol(format!("expected a status, got {other:?}"))),
+        }
+    }
+
+    /// The resources of `lockspace` mastered on this daemon.
+    pub async fn lockdump(&mut self, lockspace: &str) -> Result<pb::LockdumpReply, ClientError> {
+        match self.query(pb::query::Kind::Lockdump(pb::LockdumpQuery { lockspace: lockspace.to_string() })).await? {
+            pb::query_reply::Kind::Lockdump(d) => Ok(d),
+            other => Err(ClientError::Protocol(format!("expected a lock dump, got {other:?}"))),
+        }
+    }
+}

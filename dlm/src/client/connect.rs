@@ -1,0 +1,204 @@
+//! Reaching the local daemon: addresses, the gRPC channel, the outbound batching
+//! stream and the authentication handshake shared by lockspace and admin sessions.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::str::FromStr;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio_stream::Stream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Streaming;
+
+use super::ClientError;
+use crate::cluster::auth::{nonce, ClusterKey, Role};
+use crate::cluster::config::Config;
+use crate::proto::{self as pb, dlm_client::DlmClient};
+
+const CONNECT_TIMEOUT_MS: u64 = 5000;
+const BATCH_MAX: usize = 1024;
+
+/// Where the local daemon listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DaemonAddress {
+    /// TCP, e.g. `127.0.0.1:21064`.
+    Tcp(std::net::SocketAddr),
+    /// A unix socket, written `unix:/path` or `/path`.
+    Unix(PathBuf),
+}
+
+impl FromStr for DaemonAddress {
+    type Err = String;
+    fn from_str(text: &str) -> Result<DaemonAddress, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            return Ok(DaemonAddress::Unix(path.into()));
+        }
+        if text.starts_with('/') {
+            return Ok(DaemonAddress::Unix(text.into()));
+        }
+        text.parse().map(DaemonAddress::Tcp).map_err(|e| format!("{text:?} is neither host:port nor unix:/path ({e})"))
+    }
+}
+
+impl std::fmt::Display for DaemonAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DaemonAddress::Tcp(a) => write!(f, "{a}"),
+            DaemonAddress::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// How to reach and authenticate to the local daemon.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// The daemon.
+    pub address: DaemonAddress,
+    /// The cluster key.
+    pub key: ClusterKey,
+    /// Shown in the daemon's logs and dumps.
+    pub client_name: String,
+}
+
+impl ConnectOptions {
+    /// Options for node `node_id` of a configuration: its unix socket if it has one,
+    /// else its TCP address, and the cluster key file.
+    pub fn from_config(config: &Config, node_id: u32, client_name: &str) -> Result<ConnectOptions, ClientError> {
+        let node = config.node(node_id).ok_or_else(|| ClientError::Connect(format!("node {node_id} is not in the configuration")))?;
+        let address = match &node.client_socket {
+            Some(path) => DaemonAddress::Unix(path.clone()),
+            None => DaemonAddress::Tcp(node.address),
+        };
+        let key = ClusterKey::load(&config.key_file).map_err(|e| ClientError::Connect(e.to_string()))?;
+        Ok(ConnectOptions { address, key, client_name: client_name.to_string() })
+    }
+}
+
+async fn channel(address: &DaemonAddress) -> Result<Channel, ClientError> {
+    let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
+    let failed = |e: tonic::transport::Error| ClientError::Connect(format!("connecting to {address}: {e}"));
+    match address {
+        DaemonAddress::Tcp(addr) => Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(failed)?
+            .tcp_nodelay(true)
+            .connect_timeout(timeout)
+            .connect()
+            .await
+            .map_err(failed),
+        DaemonAddress::Unix(path) => {
+            let path: PathBuf = path.clone();
+            Endpoint::from_static("http://localhost")
+                .connect_timeout(timeout)
+                .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                    let path = path.clone();
+                    async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(&path).await?)) }
+                }))
+                .await
+                .map_err(failed)
+        }
+    }
+}
+
+/// What the client sends: whole messages, or single operations that the stream
+/// packs into batches.
+pub(crate) enum Outbound {
+    Message(pb::ClientMessage),
+    Op(pb::Op),
+}
+
+/// The request stream of a session: packs every operation that is ready into one batch.
+pub(crate) struct OutboundStream {
+    rx: UnboundedReceiver<Outbound>,
+    held: VecDeque<pb::ClientMessage>,
+}
+
+impl Stream for OutboundStream {
+    type Item = pb::ClientMessage;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<pb::ClientMessage>> {
+        let this = self.get_mut();
+        if let Some(message) = this.held.pop_front() {
+            return Poll::Ready(Some(message));
+        }
+        let mut ops = Vec::new();
+        while ops.len() < BATCH_MAX {
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(Outbound::Op(op))) => ops.push(op),
+                Poll::Ready(Some(Outbound::Message(message))) => {
+                    if ops.is_empty() {
+                        return Poll::Ready(Some(message));
+                    }
+                    this.held.push_back(message);
+                    break;
+                }
+                Poll::Ready(None) if ops.is_empty() => return Poll::Ready(None),
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        if ops.is_empty() {
+            return Poll::Pending;
+        }
+        Poll::Ready(Some(pb::ClientMessage { kind: Some(pb::client_message::Kind::Ops(pb::OpBatch { ops })) }))
+    }
+}
+
+/// An authenticated session.
+pub(crate) struct Session {
+    pub tx: UnboundedSender<Outbound>,
+    pub inbound: Streaming<pb::ServerMessage>,
+    pub welcome: pb::Welcome,
+}
+
+/// Opens a session: challenge, hello with our proof, welcome with the daemon's proof.
+pub(crate) async fn open_session(options: &ConnectOptions, lockspace: &str, lvb_len: u32, filesystem: bool) -> Result<Session, ClientError> {
+    let mut client = DlmClient::new(channel(&options.address).await?).max_decoding_message_size(crate::MESSAGE_MAX_BYTES);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let outbound = OutboundStream { rx, held: VecDeque::new() };
+    let mut inbound = client.session(outbound).await.map_err(|s| ClientError::Connect(s.message().to_string()))?.into_inner();
+    let challenge = match next_kind(&mut inbound).await? {
+        pb::server_message::Kind::Challenge(c) => c,
+        other => return Err(ClientError::Protocol(format!("expected a challenge, got {other:?}"))),
+    };
+    let client_nonce = nonce();
+    let hello = pb::Hello {
+        proof: options.key.prove(Role::Client, &challenge.cluster_name, &challenge.server_nonce, &client_nonce),
+        client_nonce: client_nonce.clone(),
+        lockspace: lockspace.to_string(),
+        lvb_len,
+        client_name: options.client_name.clone(),
+        filesystem,
+        ..Default::default()
+    };
+    let message = pb::ClientMessage { kind: Some(pb::client_message::Kind::Hello(hello)) };
+    tx.send(Outbound::Message(message)).map_err(|_| ClientError::Disconnected)?;
+    let welcome = match next_kind(&mut inbound).await? {
+        pb::server_message::Kind::Welcome(w) => w,
+        pb::server_message::Kind::Refused(r) => return Err(ClientError::Refused(r.reason)),
+        other => return Err(ClientError::Protocol(format!("expected a welcome, got {other:?}"))),
+    };
+    if !options.key.verify(Role::Server, &challenge.cluster_name, &challenge.server_nonce, &client_nonce, &welcome.proof) {
+        return Err(ClientError::Refused("the daemon did not prove the cluster key".into()));
+    }
+    Ok(Session { tx, inbound, welcome })
+}
+
+/// The next message's content; a closed stream is `Disconnected`.
+pub(crate) async fn next_kind(inbound: &mut Streaming<pb::ServerMessage>) -> Result<pb::server_message::Kind, ClientError> {
+    loop {
+        match inbound.message().await {
+            Ok(Some(pb::ServerMessage { kind: Some(kind) })) => return Ok(kind),
+            Ok(Some(_)) => continue,
+            Ok(None) => return Err(ClientError::Disconnected),
+            Err(status) => return Err(ClientError::Connect(status.message().to_string())),
+        }
+    }
+}
+
+/// Reads a key file into options (helper for tools).
+pub fn options_with_key_file(address: DaemonAddress, key_file: &Path, client_name: &str) -> Result<ConnectOptions, ClientError> {
+    let key = ClusterKey::load(key_file).map_err(|e| ClientError::Connect(e.to_string()))?;
+    Ok(ConnectOptions { address, key, client_name: client_name.to_string() })
+}
