@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# Installs the rgfs binaries under their real names where mkfs(8), fsck(8)
-# and mount(8) look for helpers: /sbin/mkfs.rgfs, /sbin/fsck.rgfs,
-# /sbin/mount.rgfs (cargo cannot put a dot in a binary name).
+# Installs the rgfs binaries under their real names so mount(8) and friends
+# find them: `mount -t rgfs DEV DIR -o opts` runs /sbin/mount.rgfs.
 #
-#   scripts/install.sh [PREFIX]     (default PREFIX: / ; binaries go to PREFIX/sbin)
-# Builds the release binaries first; installs those that exist.
+#   sudo scripts/install.sh [SBINDIR]        (default: /sbin)
+#
+# Builds in release mode first. Cargo cannot name binaries with dots, so
+# target/release/mount-rgfs is installed as mount.rgfs, mkfs-rgfs as
+# mkfs.rgfs, fsck-rgfs (when built) as fsck.rgfs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-prefix=${1:-/}
+dest=${1:-/sbin}
 cargo build --release --workspace --quiet
-mkdir -p "$prefix/sbin"
-for pair in mkfs-rgfs:mkfs.rgfs fsck-rgfs:fsck.rgfs mount-rgfs:mount.rgfs; do
-  built=target/release/${pair%%:*}
-  name=${pair##*:}
-  if [ -x "$built" ]; then
-    install -m 0755 "$built" "$prefix/sbin/$name"
-    echo "installed $prefix/sbin/$name"
+install -d "$dest"
+for pair in mount-rgfs:mount.rgfs mkfs-rgfs:mkfs.rgfs fsck-rgfs:fsck.rgfs; do
+  src=target/release/${pair%%:*}
+  dst=$dest/${pair##*:}
+  if [ -x "$src" ]; then
+    install -m 0755 "$src" "$dst"
+    echo "installed $dst"
   fi
 done

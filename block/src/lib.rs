@@ -8,13 +8,17 @@
 //! - [`FileDevice`]: a regular file (an image) or a block device node.
 //! - [`MemDevice`]: a device in memory, for tests.
 //!
-//! Later issues add an NBD client, the replicated device and a
-//! crash-simulating device here.
+//! - [`RecordingDevice`]: records every write and flush and produces the
+//!   images a crash could leave (crash-consistency tests).
+//!
+//! Later issues add an NBD client and the replicated device here.
 
+mod crash;
 mod device;
 mod file;
 mod mem;
 
+pub use crash::{Fate, Recorded, RecordingDevice, Rng};
 pub use device::{check_range, BlockDevice, Error, Result, SECTOR_SIZE};
 pub use file::{Access, FileDevice};
 pub use mem::MemDevice;

@@ -307,7 +307,10 @@ impl Model {
                 }
                 let gr = self.locks[i].gr.unwrap();
                 let up = rank(mode) > rank(gr);
-                let writes = strong(Some(gr)) && !(gr == Mode::PW && mode == Mode::EX);
+                // An alternate mode (PR/CW) granted from PW/EX is a down-conversion.
+                let alt = (flags.contains(Flags::ALTPR) && mode != Mode::PR)
+                    || (!flags.contains(Flags::ALTPR) && flags.contains(Flags::ALTCW) && mode != Mode::CW);
+                let writes = strong(Some(gr)) && (!(gr == Mode::PW && mode == Mode::EX) || alt);
                 let bad = flags.contains(Flags::EXPEDITE)
                     || flags.contains(Flags::CONVDEADLK | Flags::NOQUEUE)
                     || (flags.contains(Flags::QUECVT) && !up)
@@ -358,6 +361,9 @@ impl Model {
                 }
                 self.locks[i].q = Q::C;
                 self.locks[i].ticket = self.ticket(flags.contains(Flags::HEADQUE));
+                // Queued behind others by QUECVT, a NOORDER conversion may be
+                // grantable on the queue: the grant pass runs at once.
+                self.grant_pending(res);
                 res
             }
             Op::Unlock { id, flags, lvb } => {

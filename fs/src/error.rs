@@ -19,6 +19,36 @@ pub enum Error {
     /// other (a pointer out of range, a journal with holes, ...).
     #[error("{what}: {why}")]
     Corrupt { what: String, why: String },
+    /// A POSIX error for the caller (ENOENT, ENOSPC, ...); nothing is wrong
+    /// with the filesystem.
+    #[error("{}", std::io::Error::from_raw_os_error(*.0))]
+    Errno(i32),
+    /// The node withdrew earlier (inconsistency or I/O error) and refuses
+    /// to write; the reason was logged when it happened.
+    #[error("filesystem withdrawn: {0}")]
+    Withdrawn(String),
+}
+
+impl Error {
+    /// The errno a system call should return for this error: the POSIX
+    /// error itself, or EIO for anything that made (or makes) the node
+    /// withdraw.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Errno(e) => *e,
+            _ => libc::EIO,
+        }
+    }
+
+    /// Whether this error means the filesystem must stop writing.
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, Error::Errno(_))
+    }
+}
+
+/// Shorthand for a POSIX error result.
+pub fn errno<T>(e: i32) -> Result<T> {
+    Err(Error::Errno(e))
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -366,7 +366,12 @@ impl Engine {
             return Err(OpError::Invalid("QUECVT is only for up-conversions"));
         }
         check_common(flags)?;
-        let writes = lvb_action(Some(granted), Some(mode)) == LvbAction::Write;
+        // The alternate mode of ALTPR/ALTCW may turn an up-conversion into a
+        // down-conversion (PW -> EX granted as PR), which writes the LVB.
+        let writes = [Some(mode), alternate_mode(mode, flags)]
+            .into_iter()
+            .flatten()
+            .any(|m| lvb_action(Some(granted), Some(m)) == LvbAction::Write);
         if writes && flags.contains(Flags::VALBLK) && !flags.contains(Flags::IVVALBLK) && lvb.is_none() {
             return Err(OpError::Invalid("VALBLK on a conversion from PW/EX needs the value to write"));
         }
@@ -424,6 +429,10 @@ impl Engine {
             res.converting.push_back(id);
         }
         locks.get_mut(&id).expect("checked above").queue = Queue::Converting;
+        // A QUECVT conversion queued behind others may still be grantable on
+        // the queue (NOORDER skips queue order); the grant pass the Linux DLM
+        // runs later runs here at once, so nothing grantable is left waiting.
+        grant_pending(res, locks, out);
         Ok(name)
     }
 
@@ -652,6 +661,12 @@ fn choose_mode(mode: Mode, flags: Flags, grantable: impl Fn(Mode) -> bool) -> Op
     if grantable(mode) {
         return Some((mode, SbFlags::NONE));
     }
+    let alternate = alternate_mode(mode, flags)?;
+    grantable(alternate).then_some((alternate, SbFlags::ALTMODE))
+}
+
+/// The mode ALTPR/ALTCW offers instead of `mode`, if any.
+fn alternate_mode(mode: Mode, flags: Flags) -> Option<Mode> {
     let alternate = if flags.contains(Flags::ALTPR) {
         Mode::PR
     } else if flags.contains(Flags::ALTCW) {
@@ -659,7 +674,7 @@ fn choose_mode(mode: Mode, flags: Flags, grantable: impl Fn(Mode) -> bool) -> Op
     } else {
         return None;
     };
-    (alternate != mode && grantable(alternate)).then_some((alternate, SbFlags::ALTMODE))
+    (alternate != mode).then_some(alternate)
 }
 
 /// Grants a conversion in place if the rules allow it now. `true` if granted.

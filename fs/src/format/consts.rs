@@ -207,6 +207,10 @@ pub mod s_if {
     pub const DIR: u32 = 0o040000;
     pub const CHR: u32 = 0o020000;
     pub const FIFO: u32 = 0o010000;
+    /// Permission-adjacent mode bits (set-user-ID, set-group-ID, sticky).
+    pub const SUID: u32 = 0o4000;
+    pub const SGID: u32 = 0o2000;
+    pub const SVTX: u32 = 0o1000;
 }
 
 /// The DT_* value matching the file type bits of a mode; `None` if the mode

@@ -16,7 +16,9 @@
 pub mod head;
 pub mod map;
 pub mod replay;
+pub mod writer;
 
 pub use head::{find_head, Head};
 pub use map::JournalMap;
 pub use replay::{apply_replay, plan_replay, ReplayPlan, ReplayWrite};
+pub use writer::{Batch, LogWriter};
