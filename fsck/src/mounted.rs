@@ -47,7 +47,13 @@ pub fn find_mount(mountinfo: &str, devnum: Option<&str>, sources: &[String]) -> 
             continue;
         };
         let by_dev = devnum.is_some_and(|d| d == dev) && !fstype.starts_with("fuse");
-        let by_source = sources.iter().any(|s| *s == unescape(source));
+        let source = unescape(source);
+        // mount.rgfs names the image as given; a relative name is resolved
+        // from here (which matches when fsck runs where mount did).
+        let resolved = std::fs::canonicalize(&source)
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let by_source = sources.iter().any(|s| *s == source || *s == resolved);
         if by_dev || by_source {
             return Some(unescape(point));
         }

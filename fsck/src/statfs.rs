@@ -4,7 +4,10 @@
 //! master file and zeroes the deltas.
 //!
 //! Changes fsck itself made (allocating lost+found, freeing inodes) are
-//! folded in silently: they are consequences of reported repairs.
+//! folded in silently: they are consequences of reported repairs. Node
+//! deltas left by a node that did not unmount cleanly are folded into the
+//! master file (the kernel does so at unmount; fsck.gfs2 reads the master
+//! file alone).
 
 use rgfs::format::{OnDisk, StatfsChange};
 
@@ -50,8 +53,21 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
         free: want.free - ours.free,
         dinodes: want.dinodes - ours.dinodes,
     };
-    let write = if sum == want {
+    let write = if sum == want && deltas.is_empty() {
         false
+    } else if sum == want || sum == before_ours && !deltas.is_empty() {
+        // Consistent, but a node's changes were never folded into the
+        // master file (it did not unmount cleanly): the kernel folds them
+        // at unmount, and fsck.gfs2 reads the master file alone.
+        let jids: Vec<String> = deltas
+            .iter()
+            .map(|(j, _)| format!("statfs_change{j}"))
+            .collect();
+        let msg = format!(
+            "{} hold changes not folded into the master statfs file",
+            jids.join(", ")
+        );
+        fs.problem("statfs", msg, Fix::Safe)
     } else if sum == before_ours {
         // Only fsck's own changes are missing: no problem to report.
         fs.vol.writable
