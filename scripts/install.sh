@@ -6,17 +6,21 @@
 #
 # Builds in release mode first. Cargo cannot name binaries with dots, so
 # target/release/mount-rgfs is installed as mount.rgfs, mkfs-rgfs as
-# mkfs.rgfs, fsck-rgfs (when built) as fsck.rgfs.
+# mkfs.rgfs, fsck-rgfs as fsck.rgfs. The lock manager's rgfs-dlmd and
+# rgfs-dlm keep their names.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=${1:-/sbin}
 cargo build --release --workspace --quiet
 install -d "$dest"
-for pair in mount-rgfs:mount.rgfs mkfs-rgfs:mkfs.rgfs fsck-rgfs:fsck.rgfs; do
+for pair in mount-rgfs:mount.rgfs mkfs-rgfs:mkfs.rgfs fsck-rgfs:fsck.rgfs \
+            rgfs-dlmd:rgfs-dlmd rgfs-dlm:rgfs-dlm; do
   src=target/release/${pair%%:*}
   dst=$dest/${pair##*:}
-  if [ -x "$src" ]; then
-    install -m 0755 "$src" "$dst"
-    echo "installed $dst"
+  if [ ! -x "$src" ]; then
+    echo "install.sh: $src was not built" >&2
+    exit 1
   fi
+  install -m 0755 "$src" "$dst"
+  echo "installed $dst"
 done

@@ -151,6 +151,22 @@ pub struct RawRgrp {
 assert_size!(RawRgrp, RGRP_HEADER_SIZE);
 
 impl RawRgrp {
+    /// The header's fields as stored, with nothing verified: for tools
+    /// that report on damaged headers field by field (fsck). Everything
+    /// else uses [`OnDisk::decode`].
+    pub fn fields(&self) -> RgrpHeader {
+        RgrpHeader {
+            flags: self.rg_flags.get(),
+            free: self.rg_free.get(),
+            dinodes: self.rg_dinodes.get(),
+            skip: self.rg_skip.get(),
+            igeneration: self.rg_igeneration.get(),
+            data0: self.rg_data0.get(),
+            data: self.rg_data.get(),
+            bitbytes: self.rg_bitbytes.get(),
+        }
+    }
+
     /// The CRC-32 of the header with `rg_crc` zeroed.
     pub fn compute_crc(&self) -> u32 {
         let mut copy = *self;
@@ -195,16 +211,7 @@ impl OnDisk for RgrpHeader {
                 });
             }
         }
-        let rg = RgrpHeader {
-            flags: raw.rg_flags.get(),
-            free: raw.rg_free.get(),
-            dinodes: raw.rg_dinodes.get(),
-            skip: raw.rg_skip.get(),
-            igeneration: raw.rg_igeneration.get(),
-            data0: raw.rg_data0.get(),
-            data: raw.rg_data.get(),
-            bitbytes: raw.rg_bitbytes.get(),
-        };
+        let rg = raw.fields();
         if rg.flags & !rgf::ALL != 0 {
             return bad_field(Self::NAME, "rg_flags", rg.flags, "unknown flags");
         }
@@ -351,6 +358,18 @@ mod tests {
             };
             assert_eq!(rg.to_raw().rg_crc.get(), crc, "rgrp at {addr}");
         }
+    }
+
+    #[test]
+    fn fields_read_a_header_that_does_not_verify() {
+        let ri = Rindex::new(&Geometry::new(4096).unwrap(), 17, 4108);
+        let rg = RgrpHeader { free: 7, dinodes: 3, ..RgrpHeader::empty(&ri, 4109) };
+        let mut raw = rg.to_raw();
+        assert_eq!(raw.fields(), rg);
+        // A stale checksum and unknown flags: decode refuses, fields reads.
+        raw.rg_flags = 0x100.into();
+        assert!(RgrpHeader::verify(&raw).is_err());
+        assert_eq!(raw.fields(), RgrpHeader { flags: 0x100, ..rg });
     }
 
     #[test]

@@ -1,0 +1,108 @@
+//! fsck.rgfs: check and repair a GFS2 volume (installed as /sbin/fsck.rgfs).
+//!
+//! Exit codes as fsck(8): 0 clean, 1 errors corrected, 4 errors left,
+//! 8 operational error, 16 usage error.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::Parser;
+use rgfs_block::{Access, FileDevice};
+use rgfs_fsck::{check, ExitCode, Mode, Options};
+
+#[derive(Parser, Debug)]
+#[command(name = "fsck.rgfs", version, about = "Check and repair a GFS2 volume")]
+struct Cli {
+    /// Change nothing; report what is wrong (the device is opened read-only).
+    #[arg(short = 'n')]
+    no: bool,
+    /// Repair everything fsck.rgfs can repair.
+    #[arg(short = 'y')]
+    yes: bool,
+    /// Preen: make only repairs that lose nothing.
+    #[arg(short = 'p')]
+    preen: bool,
+    /// Same as -p.
+    #[arg(short = 'a')]
+    auto: bool,
+    /// Force a check (fsck.rgfs always checks everything; accepted for fsck(8)).
+    #[arg(short = 'f')]
+    _force: bool,
+    /// Say what each pass does.
+    #[arg(short = 'v')]
+    verbose: bool,
+    /// Print only problems.
+    #[arg(short = 'q')]
+    quiet: bool,
+    /// The device or image file.
+    device: PathBuf,
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let code = match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
+                _ => ExitCode::Usage as i32,
+            };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let modes = [cli.no, cli.yes, cli.preen || cli.auto]
+        .iter()
+        .filter(|&&m| m)
+        .count();
+    if modes > 1 {
+        eprintln!("fsck.rgfs: -n, -y and -p/-a are mutually exclusive");
+        std::process::exit(ExitCode::Usage as i32);
+    }
+    let mode = if cli.yes {
+        Mode::Yes
+    } else if cli.preen || cli.auto {
+        Mode::Preen
+    } else {
+        if !cli.no && !cli.quiet {
+            eprintln!("fsck.rgfs: no -n, -y or -p given: checking only, as with -n");
+        }
+        Mode::No
+    };
+    let device = cli.device.display().to_string();
+    if let Some(point) = rgfs_fsck::mounted::mount_point(&cli.device) {
+        if mode.writes() {
+            eprintln!("fsck.rgfs: {device} is mounted at {point}; refusing to change it (unmount it, or check with -n)");
+            std::process::exit(ExitCode::Operational as i32);
+        }
+        eprintln!(
+            "fsck.rgfs: warning: {device} is mounted at {point}; the check may see it changing"
+        );
+    }
+    let access = if mode.writes() {
+        Access::Exclusive
+    } else {
+        Access::ReadOnly
+    };
+    let dev = match FileDevice::open(&cli.device, access) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("fsck.rgfs: {e}");
+            std::process::exit(ExitCode::Operational as i32);
+        }
+    };
+    let opts = Options {
+        mode,
+        verbose: cli.verbose,
+        quiet: cli.quiet,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let quiet = cli.quiet;
+    let echo: rgfs_fsck::report::Echo = Box::new(move |line: &str| {
+        if !(quiet && line.starts_with("fsck.rgfs: 0 problems")) {
+            println!("{line}");
+        }
+    });
+    let outcome = check(&dev, &opts, Some(echo));
+    std::process::exit(outcome.exit as i32);
+}
