@@ -30,7 +30,7 @@ use crate::progress::Progress;
 use crate::report::{Echo, ExitCode, Fix, Pass, Report};
 use crate::volume::{FsckError, Result, Volume};
 use crate::{
-    journals, pass1, pass1b, pass2, pass3, pass4, pass5, rgrps, statfs, superblock, system,
+    journals, pass1, pass1b, pass2, pass3, pass4, pass5, remake, rgrps, statfs, superblock, system,
 };
 
 /// What pass 1 learnt about an inode it keeps.
@@ -105,7 +105,7 @@ pub struct Fsck<'a> {
     /// The groups in use when the rindex could not be read before pass 1.
     pub unread_rindex: Option<Vec<rgfs::format::Rindex>>,
     /// Small system files to make again after pass 2.
-    pub rebuilds: Vec<system::Rebuild>,
+    pub rebuilds: Vec<remake::Rebuild>,
     /// Journals that could not be mapped before pass 1 (jid, inode).
     pub broken_journals: Vec<(u32, u64)>,
     /// Blocks pass 1 looked at and refused as inodes (reported once).
@@ -223,7 +223,7 @@ impl<'a> Fsck<'a> {
         if !self.rebuilds.is_empty() {
             // After pass 2 has repaired the directories they go into.
             self.report.set_pass(Pass::SystemFiles);
-            system::rebuild(self)?;
+            remake::run(self)?;
         }
         self.report.set_pass(Pass::Pass3);
         pass3::run(self)?;
@@ -350,60 +350,77 @@ impl<'a> Fsck<'a> {
                 return Ok(self.lost_found);
             }
         }
-        if !self.vol.writable || !self.inodes.contains_key(&root) {
+        let made = self.make_dir(root, b"lost+found", s_if::DIR | 0o700, 0)?;
+        if let Some(addr) = made {
+            self.report
+                .note("lost+found", format!("created as inode {addr}"));
+        }
+        self.lost_found = made;
+        Ok(made)
+    }
+
+    /// Makes an empty directory (".", ".." only) named `name` in `parent`,
+    /// keeping every count exact: the parent gains a link and a reference
+    /// from "..". `None` if it cannot be made (no room, repairs not
+    /// allowed, or `parent` is not a directory fsck kept).
+    pub fn make_dir(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: u32,
+    ) -> Result<Option<u64>> {
+        if !self.vol.writable || !self.inodes.get(&parent).is_some_and(InodeInfo::is_dir) {
             return Ok(None);
         }
         let map = &self.map;
         let Some(addr) = self
             .vol
-            .alloc(root, BlockState::Dinode, &|b| map.get(b).is_none())
+            .alloc(parent, BlockState::Dinode, &|b| map.get(b).is_none())
         else {
             return Ok(None);
         };
         let formal = self.new_formal();
         let this = Inum::new(formal, addr);
-        let block = dir::new_dir_block(
-            &self.vol,
-            this,
-            self.inum(root),
-            s_if::DIR | 0o700,
-            0,
-            now(),
-        );
+        let block = dir::new_dir_block(&self.vol, this, self.inum(parent), mode, flags, now());
         self.vol.write(addr, &block)?;
         self.map.insert(addr, Use::Dinode, addr).ok();
         self.inodes.insert(
             addr,
             InodeInfo {
                 formal,
-                mode: s_if::DIR | 0o700,
-                flags: dif::JDATA,
+                mode,
+                flags: flags | dif::JDATA,
                 nlink: 2,
                 size: self.vol.geom.max_stuffed(),
                 eattr: 0,
+                // Its own ".".
                 refs: 1,
-                dotdot: Some(root),
+                dotdot: Some(parent),
                 unlinked: false,
             },
         );
-        if let Some(r) = self.inodes.get_mut(&root) {
-            r.refs += 1;
+        // The new "..".
+        if let Some(p) = self.inodes.get_mut(&parent) {
+            p.refs += 1;
         }
         let map = &self.map;
-        let got = dir::insert(&mut self.vol, root, b"lost+found", this, dt::DIR, &|b| {
+        let got = dir::insert(&mut self.vol, parent, name, this, dt::DIR, &|b| {
             map.get(b).is_none()
         })?;
         for (b, usage) in got {
-            self.claim(b, usage, root);
+            self.claim(b, usage, parent);
         }
         self.inodes.get_mut(&addr).expect("just made").refs += 1;
-        if let Some(r) = self.inodes.get_mut(&root) {
-            r.nlink += 1;
+        self.links.push(Link {
+            dir: parent,
+            name: name.to_vec(),
+            target: addr,
+        });
+        if let Some(p) = self.inodes.get_mut(&parent) {
+            p.nlink += 1;
         }
-        self.edit_dinode(root, |raw| raw.di_nlink = (raw.di_nlink.get() + 1).into())?;
-        self.report
-            .note("lost+found", format!("created as inode {addr}"));
-        self.lost_found = Some(addr);
+        self.edit_dinode(parent, |raw| raw.di_nlink = (raw.di_nlink.get() + 1).into())?;
         Ok(Some(addr))
     }
 

@@ -7,7 +7,8 @@
 //!
 //! Modules, in the order the passes run: [`superblock`], [`system`],
 //! [`journals`], [`rgrps`], [`pass1`] (inodes), [`pass1b`] (blocks claimed
-//! twice), [`pass2`] (directory entries), [`pass3`] (connectivity),
+//! twice), [`pass2`] (directory entries), [`remake`] (system files put
+//! back or made again), [`pass3`] (connectivity),
 //! [`pass4`] (link counts), [`pass5`] (bitmaps and counts), [`statfs`].
 //! Shared pieces: [`blockmap`] (who uses each block), [`dir`] and [`file`]
 //! (reading and editing directories and small files), [`volume`] (the
@@ -27,6 +28,7 @@ pub mod pass3;
 pub mod pass4;
 pub mod pass5;
 pub mod progress;
+pub mod remake;
 pub mod report;
 pub mod rgrps;
 pub mod statfs;

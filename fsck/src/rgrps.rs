@@ -92,13 +92,13 @@ fn index(fs: &mut Fsck) -> Result<Vec<Rindex>> {
         if chain.is_empty() {
             return fatal("no rindex and no resource group headers: cannot go on");
         }
-        fs.problem(
+        // The system files check reports it and makes it again from these.
+        fs.report.note(
             "rindex",
             format!(
                 "missing; using the {} groups found from their headers",
                 chain.len()
             ),
-            Fix::None,
         );
         return Ok(chain);
     };
@@ -273,6 +273,10 @@ pub fn recheck_rindex(fs: &mut Fsck) -> Result<()> {
     let Some(addr) = fs.sys.rindex else {
         return Ok(());
     };
+    if fs.rebuilds.iter().any(|r| r.entry == "rindex") {
+        // Not an rindex at all: it is made again after pass 2.
+        return Ok(());
+    }
     let want: Vec<u8> = groups.iter().flat_map(|ri| ri.to_bytes()).collect();
     match read_file(&fs.vol, addr) {
         Ok(bytes) if bytes.len() == want.len() => {

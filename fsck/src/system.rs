@@ -11,6 +11,7 @@ use rgfs::format::{Dinode, OnDisk};
 
 use crate::check::Fsck;
 use crate::dir;
+use crate::remake::{Kind, Rebuild};
 use crate::report::Fix;
 use crate::volume::Result;
 
@@ -175,7 +176,9 @@ pub fn check_layout(fs: &mut Fsck) -> Result<()> {
             unit: Some(88),
         },
     ];
-    if fs.sys.journals.is_empty() {
+    // A jindex that is not a directory is made again after pass 2, and
+    // the journals no directory names are linked into it then.
+    if fs.sys.journals.is_empty() && fs.sys.jindex.is_some_and(|a| is_dir(fs, a)) {
         fs.problem("jindex", "lists no journal", Fix::None);
     }
     for (i, &(jid, _)) in fs.sys.journals.iter().enumerate() {
@@ -188,7 +191,9 @@ pub fn check_layout(fs: &mut Fsck) -> Result<()> {
             break;
         }
     }
-    if let Some(per_node) = fs.sys.per_node {
+    // The per-node files are looked for only in a per_node that is a
+    // directory; a per_node made again gets them made (or put back) too.
+    if let Some(per_node) = fs.sys.per_node.filter(|&a| is_dir(fs, a)) {
         let names: Vec<(Vec<u8>, u64)> = dir::entries(&fs.vol, per_node)
             .unwrap_or_default()
             .into_iter()
@@ -218,9 +223,9 @@ pub fn check_layout(fs: &mut Fsck) -> Result<()> {
     }
     for e in expect {
         let object = format!("system file {}", e.name);
-        // Regular system files are put back (an orphaned inode that fits)
-        // or, when small and of fixed size, made again, after pass 2.
-        let rebuildable = !e.dir && e.parent.is_some();
+        // System files are put back (an orphaned inode that fits) or made
+        // again after pass 2 (module `remake`).
+        let rebuildable = e.parent.is_some();
         let broken = match e.addr {
             None => Some("is missing".to_string()),
             Some(addr) => match fs.vol.read(addr).ok().and_then(|b| Dinode::decode(&b).ok()) {
@@ -237,9 +242,8 @@ pub fn check_layout(fs: &mut Fsck) -> Result<()> {
                     object,
                     why,
                     parent: e.parent.expect("rebuildable"),
+                    kind: Kind::of(&e.entry, e.dir, e.size),
                     entry: e.entry.clone(),
-                    size: e.size,
-                    unit: e.unit,
                 });
             } else {
                 fs.problem(object, why, Fix::None);
@@ -285,202 +289,10 @@ pub fn check_layout(fs: &mut Fsck) -> Result<()> {
     Ok(())
 }
 
-/// A small system file to make again after pass 2 (when every block's
-/// owner is known): inum, statfs, per_node/inum_range<j>,
-/// per_node/statfs_change<j>.
-#[derive(Clone, Debug)]
-pub struct Rebuild {
-    object: String,
-    why: String,
-    parent: u64,
-    entry: String,
-    /// The exact size (then it can be made again empty), or the unit the
-    /// size is a multiple of.
-    size: Option<u64>,
-    unit: Option<u64>,
-}
-
-/// An inode no entry names (after pass 2) that can stand for the system
-/// file `r`: a SYSTEM regular file of its size; for quota_change files,
-/// whose size is only a multiple of the block size, the first data block
-/// must carry the quota change header (journals have the same shape).
-fn orphan_for(fs: &Fsck, r: &Rebuild, taken: &[u64]) -> Option<u64> {
-    fs.inodes
-        .iter()
-        .filter(|(a, i)| {
-            i.refs == 0
-                && i.flags & dif::SYSTEM != 0
-                && i.mode & s_if::FMT == s_if::REG
-                && !taken.contains(a)
-        })
-        .find(|(&a, i)| match (r.size, r.unit) {
-            (Some(s), _) => i.size == s,
-            (None, Some(u)) => {
-                i.size > 0
-                    && i.size % u == 0
-                    && fs
-                        .map
-                        .blocks_of(a)
-                        .iter()
-                        .find(|(_, u)| *u == crate::blockmap::Use::Data)
-                        .is_some_and(|&(b, _)| {
-                            fs.vol.read(b).is_ok_and(|buf| {
-                                rgfs::format::meta::block_type(&buf)
-                                    == Some(rgfs::format::MetaType::QuotaChange)
-                            })
-                        })
-            }
-            _ => false,
-        })
-        .map(|(&a, _)| a)
-}
-
-/// Makes each system file found broken: a new stuffed file named by its
-/// entry in the master or per_node directory, zero-filled (the statfs pass
-/// fills in statfs; the others hold nothing the kernel needs) except inum,
-/// which gets the next free formal inode number.
-pub fn rebuild(fs: &mut Fsck) -> Result<()> {
-    let mut taken = Vec::new();
-    for r in std::mem::take(&mut fs.rebuilds) {
-        if let Some(orphan) = orphan_for(fs, &r, &taken) {
-            taken.push(orphan);
-            if fs.problem(
-                &r.object,
-                format!(
-                    "{}: inode {orphan}, which no directory names, put back",
-                    r.why
-                ),
-                Fix::Risky,
-            ) {
-                let inum = rgfs::format::meta::Inum::new(fs.inodes[&orphan].formal, orphan);
-                link_system_file(fs, &r, inum)?;
-            }
-            continue;
-        }
-        let Some(size) = r.size else {
-            fs.problem(&r.object, r.why, Fix::None);
-            continue;
-        };
-        if !fs.problem(
-            &r.object,
-            format!("{}: made again, empty", r.why),
-            Fix::Risky,
-        ) {
-            continue;
-        }
-        if !fs.inodes.contains_key(&r.parent) {
-            fs.report.note(
-                &r.object,
-                format!("its directory {} is gone; not made", r.parent),
-            );
-            continue;
-        }
-        let map = &fs.map;
-        let Some(addr) = fs
-            .vol
-            .alloc(r.parent, rgfs::format::BlockState::Dinode, &|b| {
-                map.get(b).is_none()
-            })
-        else {
-            return crate::volume::fatal("no free block left for a system file");
-        };
-        let formal = fs.new_formal();
-        let num = rgfs::format::meta::Inum::new(formal, addr);
-        let mode = s_if::REG | 0o600;
-        let d = Dinode {
-            size,
-            flags: dif::SYSTEM | dif::JDATA,
-            ..dir::new_dinode(num, mode, rgfs::format::Timestamp::now().sec)
-        };
-        let mut block = vec![0u8; fs.vol.bsize()];
-        d.encode_into(&mut block);
-        if r.entry == "inum" {
-            // The next formal inode number, as mkfs leaves it.
-            let next = fs.new_formal();
-            block[rgfs::format::DINODE_SIZE..rgfs::format::DINODE_SIZE + 8]
-                .copy_from_slice(&next.to_be_bytes());
-        }
-        fs.vol.write(addr, &block)?;
-        fs.map.insert(addr, crate::blockmap::Use::Dinode, addr).ok();
-        fs.inodes.insert(
-            addr,
-            crate::check::InodeInfo {
-                formal,
-                mode,
-                flags: d.flags,
-                nlink: 1,
-                size,
-                ..Default::default()
-            },
-        );
-        link_system_file(fs, &r, num)?;
-    }
-    Ok(())
-}
-
-/// Names `inum` by the system file's entry (replacing an entry that names
-/// something else) and counts the reference.
-fn link_system_file(fs: &mut Fsck, r: &Rebuild, num: rgfs::format::meta::Inum) -> Result<()> {
-    let addr = num.addr;
-    {
-        // Pass 2 has removed an entry that named no inode; one that still
-        // names an inode is pointed at the new file.
-        let de_type = rgfs::format::consts::dt::REG;
-        let old = dir::lookup(&fs.vol, r.parent, r.entry.as_bytes())?.map(|e| e.inum.addr);
-        let linked = match old {
-            Some(o) => {
-                dir::retarget(&fs.vol, r.parent, r.entry.as_bytes(), num, de_type).map(|done| {
-                    if done {
-                        if let Some(i) = fs.inodes.get_mut(&o) {
-                            i.refs = i.refs.saturating_sub(1);
-                        }
-                    }
-                    done
-                })
-            }
-            None => {
-                let map = &fs.map;
-                dir::insert(
-                    &mut fs.vol,
-                    r.parent,
-                    r.entry.as_bytes(),
-                    num,
-                    de_type,
-                    &|b| map.get(b).is_none(),
-                )
-                .map(|got| {
-                    for (b, u) in got {
-                        fs.claim(b, u, r.parent);
-                    }
-                    true
-                })
-            }
-        };
-        match linked {
-            Ok(true) => {
-                if let Some(i) = fs.inodes.get_mut(&addr) {
-                    i.refs += 1;
-                }
-            }
-            Ok(false) => fs.report.note(
-                &r.object,
-                "its entry could not be rewritten; the file goes to lost+found",
-            ),
-            Err(e) => fs.report.note(
-                &r.object,
-                format!("could not be linked ({e}); the file goes to lost+found"),
-            ),
-        }
-    }
-    match r.entry.as_str() {
-        "statfs" => fs.sys.statfs = Some(addr),
-        "inum" => fs.sys.inum = Some(addr),
-        e => {
-            if let Some(j) = e.strip_prefix("statfs_change").and_then(|j| j.parse().ok()) {
-                fs.sys.statfs_changes.retain(|&(jid, _)| jid != j);
-                fs.sys.statfs_changes.push((j, addr));
-            }
-        }
-    }
-    Ok(())
+fn is_dir(fs: &Fsck, addr: u64) -> bool {
+    fs.vol
+        .read(addr)
+        .ok()
+        .and_then(|b| Dinode::decode(&b).ok())
+        .is_some_and(|d| d.is_dir())
 }
