@@ -323,13 +323,11 @@ fn link_system_file(fs: &mut Fsck, r: &Rebuild, num: Inum) -> Result<()> {
         // Pass 2 has removed an entry that named no inode; one that still
         // names an inode is pointed at the new file.
         Some(o) => {
-            dir::retarget(&fs.vol, r.parent, r.entry.as_bytes(), num, dt::REG).inspect(|&done| {
-                if done {
-                    if let Some(i) = fs.inodes.get_mut(&o) {
-                        i.refs = i.refs.saturating_sub(1);
-                    }
-                }
-            })
+            let done = dir::retarget(&fs.vol, r.parent, r.entry.as_bytes(), num, dt::REG);
+            if matches!(done, Ok(true)) {
+                release_replaced(fs, r, o);
+            }
+            done
         }
         None => {
             let map = &fs.map;
@@ -365,6 +363,21 @@ fn link_system_file(fs: &mut Fsck, r: &Rebuild, num: Inum) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// The inode an entry named before it was pointed at the new file loses
+/// that reference; a regular system file nothing names any more (the old
+/// rindex of the wrong size, say) is freed rather than sent to lost+found.
+fn release_replaced(fs: &mut Fsck, r: &Rebuild, old: u64) {
+    let Some(i) = fs.inodes.get_mut(&old) else {
+        return;
+    };
+    i.refs = i.refs.saturating_sub(1);
+    if i.refs == 0 && i.flags & dif::SYSTEM != 0 && i.mode & s_if::FMT == s_if::REG {
+        fs.free_inode(old);
+        fs.report
+            .note(&r.object, format!("the inode it replaces, {old}, freed"));
+    }
 }
 
 /// Records where the system file now is; a directory made or put back

@@ -123,21 +123,27 @@ fn index(fs: &mut Fsck) -> Result<Vec<Rindex>> {
             return Ok(chain);
         }
     };
+    // Why the rindex file must be made again with another size (after
+    // pass 2, by `remake`); entries are otherwise rewritten in place.
+    let mut remake = None;
     if bytes.len() % RINDEX_SIZE != 0 || bytes.is_empty() {
-        fs.problem(
-            "rindex",
-            format!(
-                "size {} is not a positive multiple of {RINDEX_SIZE}",
-                bytes.len()
-            ),
-            Fix::None,
-        );
+        remake = Some(format!(
+            "size {} is not a positive multiple of {RINDEX_SIZE}",
+            bytes.len()
+        ));
     }
     let mut list: Vec<Rindex> = Vec::new();
     let mut rewrite = false;
     for (i, raw) in bytes.chunks_exact(RINDEX_SIZE).enumerate() {
         match check_entry(&fs.vol, raw, list.last()) {
             Ok(ri) => list.push(ri),
+            Err(why) if i == chain.len() && list == chain => {
+                // Every group is listed already: the rest is excess.
+                remake = Some(format!(
+                    "entry {i} and on name no resource group (entry {i}: {why})"
+                ));
+                break;
+            }
             Err(why) => {
                 let replacement = chain
                     .get(i)
@@ -164,6 +170,27 @@ fn index(fs: &mut Fsck) -> Result<Vec<Rindex>> {
     }
     if list.is_empty() {
         return fatal("the rindex lists no resource group");
+    }
+    if chain.len() > list.len() && chain[..list.len()] == list[..] {
+        // A group header chains past the last entry (as after a cut
+        // short rindex, or a grow that did not finish): the groups are
+        // the chain's.
+        remake = Some(format!(
+            "lists {} resource groups, their headers chain {}",
+            list.len(),
+            chain.len()
+        ));
+        list = chain;
+    }
+    if let Some(why) = remake {
+        fs.rebuilds.push(crate::remake::Rebuild {
+            object: "system file rindex".into(),
+            why,
+            parent: fs.sys.master,
+            entry: "rindex".into(),
+            kind: crate::remake::Kind::Rindex,
+        });
+        return Ok(list);
     }
     if rewrite {
         let mut out = Vec::with_capacity(list.len() * RINDEX_SIZE);
