@@ -124,7 +124,19 @@ pub struct Outcome {
 /// Checks (and, as the mode allows, repairs) the volume on `dev`. `dev`
 /// must be writable unless the mode is [`Mode::No`].
 pub fn check(dev: &dyn BlockDevice, opts: &Options, echo: Option<Echo>) -> Outcome {
+    check_asking(dev, opts, echo, None)
+}
+
+/// [`check`] in [`Mode::Ask`]: `ask` answers each question (without it
+/// every answer is no).
+pub fn check_asking(
+    dev: &dyn BlockDevice,
+    opts: &Options,
+    echo: Option<Echo>,
+    ask: Option<crate::options::Asker>,
+) -> Outcome {
     let mut report = Report::new(opts.mode, opts.verbose, echo);
+    report.set_asker(ask);
     let progress = Progress::new(opts.progress && !opts.quiet);
     let exit = match run(dev, opts, &mut report, progress) {
         Ok(()) => {

@@ -39,6 +39,6 @@ pub mod volume;
 #[cfg(feature = "populate")]
 pub mod populate;
 
-pub use check::{check, Outcome};
-pub use options::{Mode, Options};
+pub use check::{check, check_asking, Outcome};
+pub use options::{Answer, Asker, Mode, Options};
 pub use report::ExitCode;

@@ -10,6 +10,8 @@ pub enum Mode {
     /// `-p` / `-a`: make only the repairs that lose nothing
     /// ([`crate::report::Fix::Safe`]).
     Preen,
+    /// No flag, on a terminal: ask before each repair (fsck(8)'s default).
+    Ask,
 }
 
 impl Mode {
@@ -17,6 +19,21 @@ impl Mode {
         self != Mode::No
     }
 }
+
+/// A user's answer to "fix it?" in [`Mode::Ask`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Yes,
+    No,
+    /// Yes to this one and every later question.
+    All,
+    /// No to this one and every later question.
+    Never,
+}
+
+/// Asks the user a question (the whole problem line) and returns the
+/// answer.
+pub type Asker = Box<dyn FnMut(&str) -> Answer + Send>;
 
 #[derive(Clone, Debug)]
 pub struct Options {

@@ -26,6 +26,8 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
             }
         }
         let mut differ = 0u64;
+        // Differences past the reported ones (at most one group's blocks).
+        let mut more = Vec::new();
         let have = fs.vol.rgrps[i].bitmap.clone();
         for byte in 0..ri.bitbytes as usize {
             if have[byte] == want[byte] {
@@ -47,20 +49,22 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
                     if fs.problem(format!("block {block}"), msg, Fix::Safe) {
                         fs.vol.set_state(block, w);
                     }
-                } else if fs.report.allows(Fix::Safe) {
-                    fs.vol.set_state(block, w);
+                } else {
+                    more.push((block, w));
                 }
             }
         }
-        if differ as usize > MAX_LINES_PER_KIND {
-            fs.problem(
+        // The rest in one line (and one question).
+        if !more.is_empty()
+            && fs.problem(
                 &object,
-                format!(
-                    "{} more blocks with a wrong bitmap state",
-                    differ as usize - MAX_LINES_PER_KIND
-                ),
+                format!("{} more blocks with a wrong bitmap state", more.len()),
                 Fix::Safe,
-            );
+            )
+        {
+            for (block, w) in more.drain(..) {
+                fs.vol.set_state(block, w);
+            }
         }
         // Bits beyond the last block must be clear.
         let rg = &fs.vol.rgrps[i];

@@ -10,7 +10,7 @@
 
 use std::fmt::Display;
 
-use crate::options::Mode;
+use crate::options::{Answer, Asker, Mode};
 
 /// How risky a repair is, which decides whether preen mode may make it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,6 +109,10 @@ pub struct Report {
     lines: Vec<String>,
     verbose: bool,
     echo: Option<Echo>,
+    /// [`Mode::Ask`]: who answers, and a standing answer once the user
+    /// said "all" or "never".
+    ask: Option<Asker>,
+    standing: Option<bool>,
     pub found: u64,
     pub fixed: u64,
     pub left: u64,
@@ -126,6 +130,8 @@ impl Report {
             lines: Vec::new(),
             verbose,
             echo,
+            ask: None,
+            standing: None,
             found: 0,
             fixed: 0,
             left: 0,
@@ -134,6 +140,12 @@ impl Report {
 
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// Who answers the questions of [`Mode::Ask`]; without one every
+    /// answer is no.
+    pub fn set_asker(&mut self, ask: Option<Asker>) {
+        self.ask = ask;
     }
 
     pub fn set_pass(&mut self, pass: Pass) {
@@ -154,13 +166,40 @@ impl Report {
         self.lines.push(line);
     }
 
-    /// Whether a repair of this kind is allowed in the current mode.
+    /// Whether a repair of this kind is allowed without asking, in the
+    /// current mode.
     pub fn allows(&self, fix: Fix) -> bool {
         match (self.mode, fix) {
             (_, Fix::None) => false,
             (Mode::Yes, _) => true,
             (Mode::Preen, Fix::Safe) => true,
+            (Mode::Ask, _) => self.standing == Some(true),
             _ => false,
+        }
+    }
+
+    /// Whether to repair: the mode decides, or in [`Mode::Ask`] the user.
+    fn decide(&mut self, question: &str, fix: Fix) -> bool {
+        if self.mode != Mode::Ask || fix == Fix::None {
+            return self.allows(fix);
+        }
+        if let Some(standing) = self.standing {
+            return standing;
+        }
+        let Some(ask) = self.ask.as_mut() else {
+            return false;
+        };
+        match ask(question) {
+            Answer::Yes => true,
+            Answer::No => false,
+            Answer::All => {
+                self.standing = Some(true);
+                true
+            }
+            Answer::Never => {
+                self.standing = Some(false);
+                false
+            }
         }
     }
 
@@ -168,7 +207,8 @@ impl Report {
     /// repair it now (the report already says "fixed").
     pub fn problem(&mut self, object: impl Display, message: impl Display, fix: Fix) -> bool {
         self.found += 1;
-        let repair = self.allows(fix);
+        let question = self.line(object.to_string(), message.to_string());
+        let repair = self.decide(&question, fix);
         let outcome = if repair {
             self.fixed += 1;
             "fixed"

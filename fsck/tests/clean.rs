@@ -283,3 +283,125 @@ fn mkfs_rgfs_volumes_are_clean() {
         }
     }
 }
+
+/// Interactive mode: each repair is asked; "n" leaves it (exit 4, nothing
+/// changed), "y" makes it, "a" makes it and every later one without
+/// asking, "q" leaves it and every later one.
+#[test]
+fn ask_mode_repairs_what_the_user_accepts() {
+    use rgfs_fsck::{check_asking, Answer, Options};
+    use std::sync::{Arc, Mutex};
+    if !have_gfs2_utils() {
+        return;
+    }
+    let path = case_path("ask");
+    let damage = |path: &std::path::Path| {
+        write_sparse(path, base_image());
+        corrupt_file(path, "inode /h1 di_nlink 7");
+        corrupt_file(path, "statfs free 12");
+    };
+    // Runs fsck.rgfs in Ask mode answering from `answers` in turn; returns
+    // the exit code and the questions asked.
+    let run = |path: &std::path::Path, answers: &[Answer]| {
+        let asked = Arc::new(Mutex::new(Vec::<String>::new()));
+        let mut rest = answers.to_vec().into_iter();
+        let log = asked.clone();
+        let ask = Box::new(move |q: &str| {
+            log.lock().unwrap().push(q.to_string());
+            rest.next().expect("asked more questions than scripted")
+        });
+        let dev = FileDevice::open(path, Access::ReadWrite).unwrap();
+        let out = check_asking(&dev, &Options::new(Mode::Ask), None, Some(ask));
+        let asked = asked.lock().unwrap().clone();
+        (out.exit, out.report, asked)
+    };
+
+    damage(&path);
+    let before = std::fs::read(&path).unwrap();
+    let (exit, report, asked) = run(&path, &[Answer::No, Answer::No]);
+    assert_eq!(exit, ExitCode::Uncorrected, "{report}");
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert!(asked[0].contains("link count is 7"), "{asked:?}");
+    assert!(asked[1].starts_with("statfs: totals are"), "{asked:?}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "'n' changed the image"
+    );
+
+    let (exit, report, _) = run(&path, &[Answer::Yes, Answer::No]);
+    assert_eq!(exit, ExitCode::Uncorrected, "{report}");
+    let left = fsck_rgfs(&path, Mode::No);
+    assert!(!left.report.contains("link count"), "{}", left.report);
+    assert!(left.report.contains("statfs"), "{}", left.report);
+
+    damage(&path);
+    let (exit, report, asked) = run(&path, &[Answer::All]);
+    assert_eq!(exit, ExitCode::Corrected, "{report}");
+    assert_eq!(asked.len(), 1, "'a' must answer the rest: {asked:?}");
+    assert_eq!(fsck_rgfs(&path, Mode::No).exit, ExitCode::Clean);
+
+    damage(&path);
+    let (exit, _, asked) = run(&path, &[Answer::Never]);
+    assert_eq!(exit, ExitCode::Uncorrected);
+    assert_eq!(asked.len(), 1, "'q' must answer the rest: {asked:?}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    let _ = std::fs::remove_file(&path);
+}
+
+/// The binary asks when its input is a terminal (here a pty made by
+/// script(1)), and only checks when it is not.
+#[test]
+fn binary_asks_on_a_terminal() {
+    let bin = env!("CARGO_BIN_EXE_fsck-rgfs");
+    let have_script = Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_gfs2_utils() || !have_script {
+        return;
+    }
+    let img = case_path("binary-ask");
+    write_sparse(&img, base_image());
+    corrupt_file(&img, "inode /h1 di_nlink 7");
+    let img_s = img.to_str().unwrap();
+    // No terminal: checks only.
+    let out = Command::new(bin)
+        .arg(img_s)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checking only"));
+    // On a pty: a wrong answer is asked again, then "y" repairs.
+    let out = Command::new("script")
+        .args(["-qec", &format!("{bin} {img_s}"), "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(b"maybe\ny\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Fix? [y/n/a/q]"), "{text}");
+    assert!(text.contains("answer y (fix)"), "{text}");
+    assert!(
+        text.contains("link count is 7, but 2 entries name it: fixed"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("pass4 ["),
+        "no progress bar while asking: {text}"
+    );
+    let out = Command::new(bin).args(["-n", img_s]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let _ = std::fs::remove_file(&img);
+}

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use rgfs_block::{Access, FileDevice};
-use rgfs_fsck::{check, ExitCode, Mode, Options};
+use rgfs_fsck::{check_asking, Answer, Asker, ExitCode, Mode, Options};
 
 #[derive(Parser, Debug)]
 #[command(name = "fsck.rgfs", version, about = "Check and repair a GFS2 volume")]
@@ -20,6 +20,9 @@ struct Cli {
     #[arg(short = 'y')]
     yes: bool,
     /// Preen: make only repairs that lose nothing.
+    ///
+    /// Without -n, -y or -p, fsck.rgfs asks before each repair when its
+    /// input is a terminal, and only checks otherwise.
     #[arg(short = 'p')]
     preen: bool,
     /// Same as -p.
@@ -63,9 +66,12 @@ fn main() {
         Mode::Yes
     } else if cli.preen || cli.auto {
         Mode::Preen
+    } else if !cli.no && std::io::stdin().is_terminal() {
+        // fsck(8)'s default: ask before each repair.
+        Mode::Ask
     } else {
         if !cli.no && !cli.quiet {
-            eprintln!("fsck.rgfs: no -n, -y or -p given: checking only, as with -n");
+            eprintln!("fsck.rgfs: no -n, -y or -p given and no terminal to ask on: checking only, as with -n");
         }
         Mode::No
     };
@@ -95,7 +101,8 @@ fn main() {
         mode,
         verbose: cli.verbose,
         quiet: cli.quiet,
-        progress: std::io::stderr().is_terminal(),
+        // Not while asking: the bar would overwrite the questions.
+        progress: std::io::stderr().is_terminal() && mode != Mode::Ask,
     };
     let quiet = cli.quiet;
     let echo: rgfs_fsck::report::Echo = Box::new(move |line: &str| {
@@ -103,6 +110,29 @@ fn main() {
             println!("{line}");
         }
     });
-    let outcome = check(&dev, &opts, Some(echo));
+    let ask = (mode == Mode::Ask).then(|| Box::new(ask_on_terminal) as Asker);
+    let outcome = check_asking(&dev, &opts, Some(echo), ask);
     std::process::exit(outcome.exit as i32);
+}
+
+/// Asks on stderr, reads the answer from stdin: y(es), n(o), a(ll: yes to
+/// the rest), q (no to the rest). End of input answers no to the rest.
+fn ask_on_terminal(question: &str) -> Answer {
+    use std::io::{BufRead, Write};
+    loop {
+        eprint!("{question}. Fix? [y/n/a/q] ");
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        match std::io::stdin().lock().read_line(&mut line) {
+            Ok(0) | Err(_) => return Answer::Never,
+            Ok(_) => {}
+        }
+        match line.trim() {
+            "y" | "Y" | "yes" => return Answer::Yes,
+            "n" | "N" | "no" => return Answer::No,
+            "a" | "A" | "all" => return Answer::All,
+            "q" | "Q" | "quit" => return Answer::Never,
+            _ => eprintln!("answer y (fix), n (leave), a (fix this and all the rest) or q (leave this and all the rest)"),
+        }
+    }
 }
