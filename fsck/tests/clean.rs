@@ -304,6 +304,7 @@ fn ask_mode_repairs_what_the_user_accepts() {
     // the exit code and the questions asked.
     let run = |path: &std::path::Path, answers: &[Answer]| {
         let asked = Arc::new(Mutex::new(Vec::<String>::new()));
+        #[allow(clippy::unnecessary_to_owned)] // the asker must own its answers
         let mut rest = answers.to_vec().into_iter();
         let log = asked.clone();
         let ask = Box::new(move |q: &str| {
