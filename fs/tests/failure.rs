@@ -139,4 +139,68 @@ fn mount_options_parse_like_gfs2() {
     assert!(MountOptions::parse("hostdata=jid=x").is_err());
     assert!(MountOptions::parse("frobnicate").unwrap_err().contains("unknown mount option"));
     assert!(!MountOptions::parse("noatime,relatime").unwrap().noatime);
+    // Quotas: off is the default and accepted; asking for them is refused
+    // clearly rather than silently ignored.
+    assert!(MountOptions::parse("quota=off,noquota").is_ok());
+    for q in ["quota", "quota=on", "quota=account"] {
+        let e = MountOptions::parse(q).unwrap_err();
+        assert!(e.contains("quotas are not supported yet"), "{q}: {e}");
+    }
+    assert!(MountOptions::parse("quota=maybe").unwrap_err().contains("expected off, on or account"));
+}
+
+/// A device that refuses every write, as a read-only block device does.
+struct ReadOnlyDevice(MemDevice);
+
+impl BlockDevice for ReadOnlyDevice {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> rgfs_block::Result<()> {
+        self.0.read_at(offset, buf)
+    }
+    fn write_at(&self, _offset: u64, _buf: &[u8]) -> rgfs_block::Result<()> {
+        Err(rgfs_block::Error::ReadOnly)
+    }
+    fn flush(&self) -> rgfs_block::Result<()> {
+        Ok(())
+    }
+}
+
+/// As the kernel does: a read-only mount of a volume whose journal is
+/// dirty replays the journal when the device can be written, and refuses
+/// clearly, writing nothing, when it cannot.
+#[test]
+fn read_only_mount_replays_a_dirty_journal_if_the_device_is_writable() {
+    require_gfs2_utils!();
+    let dev = Arc::new(MemDevice::from_bytes(common::mkfs_image(32, 4096, 1)));
+    let mut fs = common::mount_dev(dev.clone());
+    let root = fs.sys.root;
+    let a = fs.create(root, b"logged", s_if::REG | 0o644, 0, Default::default(), None).unwrap();
+    fs.write(a.ino, 0, &vec![7u8; 50_000], false, false).unwrap();
+    fs.sync().unwrap();
+    // The node dies: the journal holds the transaction, the home blocks
+    // may not.
+    let dirty = dev.snapshot();
+    drop(fs);
+    let ro = MountOptions::parse("ro").unwrap();
+
+    let rodev = Arc::new(ReadOnlyDevice(MemDevice::from_bytes(dirty.clone())));
+    let e = mount(rodev.clone(), &ro).err().expect("a dirty journal on a read-only device must refuse");
+    assert!(e.to_string().contains("needs recovery and the device is read-only"), "{e}");
+    assert_eq!(rodev.0.snapshot(), dirty, "nothing written");
+
+    let wdev = Arc::new(MemDevice::from_bytes(dirty));
+    let (mut fs, report) = mount(wdev.clone(), &ro).unwrap();
+    assert!(report.was_dirty && report.replayed_blocks > 0, "{report:?}");
+    assert_eq!(fs.read(a.ino, 0, 50_000).unwrap(), vec![7u8; 50_000]);
+    let e = fs.create(root, b"x", s_if::REG | 0o644, 0, Default::default(), None).unwrap_err();
+    assert_eq!(e.errno(), libc::EROFS);
+    drop(fs);
+    // Replayed for good: the next mount finds a clean journal.
+    let (mut fs, report) = mount(wdev.clone(), &MountOptions::default()).unwrap();
+    assert!(!report.was_dirty, "{report:?}");
+    fs.shutdown().unwrap();
+    drop(fs);
+    common::fsck(&wdev.snapshot()).unwrap();
 }

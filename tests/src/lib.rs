@@ -98,8 +98,17 @@ pub struct Mounted {
 impl Mounted {
     /// Mounts `image` on `dir` with `-o opts`; waits until it is live.
     pub fn new(image: &Path, dir: &Path, opts: &str) -> Result<Mounted, String> {
+        Self::new_in(None, image, dir, opts)
+    }
+
+    /// [`Mounted::new`] with mount.rgfs started in directory `cwd`, so
+    /// `image` may be relative to it (`dir` must be absolute).
+    pub fn new_in(cwd: Option<&Path>, image: &Path, dir: &Path, opts: &str) -> Result<Mounted, String> {
         std::fs::create_dir_all(dir).unwrap();
         let mut cmd = Command::new(mount_bin());
+        if let Some(cwd) = cwd {
+            cmd.current_dir(cwd);
+        }
         cmd.arg(image).arg(dir).arg("-f").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         if !opts.is_empty() {
             cmd.args(["-o", opts]);

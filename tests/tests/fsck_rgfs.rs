@@ -94,3 +94,33 @@ fn fsck_rgfs_after_mount_rgfs_is_killed() {
     assert_eq!(out.status.code(), Some(0), "second fsck.rgfs -n:\n{}", String::from_utf8_lossy(&out.stdout));
     fsck(&image).unwrap();
 }
+
+/// mount.rgfs given a relative image path, from another directory than
+/// fsck.rgfs runs in: mountinfo shows the absolute path as the source and
+/// type fuse.rgfs, and fsck.rgfs still refuses to repair the image.
+#[test]
+fn a_mount_by_relative_path_is_recognised() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = scratch();
+    let image = tmp.path().join("vol.img");
+    make_image(&image, 256, Mkfs::Gfs2);
+    let mnt = tmp.path().join("mnt");
+    let m = Mounted::new_in(Some(tmp.path()), Path::new("vol.img"), &mnt, "").expect("mount");
+    let canonical = std::fs::canonicalize(&image).unwrap();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(std::fs::canonicalize(&mnt).unwrap().to_str().unwrap()))
+        .expect("the mount is in mountinfo");
+    let after = line.split(" - ").nth(1).expect("mountinfo separator");
+    let mut fields = after.split(' ');
+    assert_eq!(fields.next(), Some("fuse.rgfs"), "{line}");
+    assert_eq!(fields.next(), Some(canonical.to_str().unwrap()), "{line}");
+    let out = fsck_rgfs("-y", &image);
+    assert_eq!(out.status.code(), Some(8), "-y on an image mounted by a relative path: {}", String::from_utf8_lossy(&out.stderr));
+    m.unmount().expect("unmount");
+    let out = fsck_rgfs("-n", &image);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+}

@@ -20,6 +20,7 @@ use rgfs_block::{Access, FileDevice};
 const USAGE: &str = "usage: mount.rgfs DEVICE MOUNTPOINT [-o OPTIONS] [-f] [-n] [-v] [-s]\n\
   options: lockproto=lock_nolock|lock_dlm, locktable=C:F, hostdata=jid=N, ro, rw,\n\
   noatime, relatime, errors=withdraw|panic, allow_other, nosuid, nodev, noexec,\n\
+  quota=off (default; quotas are not supported yet),\n\
   writeback_cache, nowriteback_cache (default)";
 
 struct Args {
@@ -51,7 +52,10 @@ fn parse_args() -> Result<Args, String> {
         return Err(USAGE.to_string());
     }
     let threads = std::env::var("RGFS_FUSE_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
-    Ok(Args { device: pos[0].clone().into(), mountpoint: pos[1].clone().into(), opts, foreground, threads })
+    // The absolute path, symlinks resolved: mountinfo shows it as the
+    // source, and fsck.rgfs finds the mount by it whatever the directory.
+    let device = std::fs::canonicalize(&pos[0]).map_err(|e| format!("{}: {e}", pos[0]))?;
+    Ok(Args { device, mountpoint: pos[1].clone().into(), opts, foreground, threads })
 }
 
 /// Mounts and serves; calls `ready` once the mount is live (or failed).
@@ -59,22 +63,39 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
     if !args.mountpoint.is_dir() {
         return Err(format!("{}: mount point is not a directory", args.mountpoint.display()));
     }
-    let access = if args.opts.read_only { Access::ReadOnly } else { Access::ReadWrite };
-    let dev = FileDevice::open(&args.device, access).map_err(|e| e.to_string())?;
+    // A read-only mount still opens the device for writing when it can, so
+    // a dirty journal can be replayed (as the kernel does); the mount
+    // itself never writes otherwise.
+    let dev = match FileDevice::open(&args.device, Access::ReadWrite) {
+        Ok(d) => d,
+        Err(_) if args.opts.read_only => FileDevice::open(&args.device, Access::ReadOnly).map_err(|e| e.to_string())?,
+        Err(e) => return Err(e.to_string()),
+    };
     let (core, report) = mount(Arc::new(dev), &args.opts).map_err(|e| format!("{}: {e}", args.device.display()))?;
     if report.was_dirty {
+        let orphans = if args.opts.read_only {
+            "inodes unlinked while open are freed at the next read-write mount".to_string()
+        } else {
+            format!("freed {} orphaned inodes", report.orphans_freed)
+        };
         eprintln!(
-            "rgfs: {}: journal was dirty: replayed {} blocks, freed {} orphaned inodes",
+            "rgfs: {}: journal was dirty: replayed {} blocks; {orphans}",
             args.device.display(),
             report.replayed_blocks,
-            report.orphans_freed
         );
     }
     let fs = Fs::new(core, Arc::new(NoLock)).map_err(|e| e.to_string())?;
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName(args.device.display().to_string()),
-        fuser::MountOption::Subtype("rgfs".into()),
+        // As root fuser calls mount(2) itself with type "fuse" and leaves
+        // Subtype out; the kernel takes the subtype from the data string
+        // too, so mountinfo and mount(8) show type fuse.rgfs either way.
+        if running_as_root() {
+            fuser::MountOption::CUSTOM("subtype=rgfs".into())
+        } else {
+            fuser::MountOption::Subtype("rgfs".into())
+        },
         fuser::MountOption::DefaultPermissions,
         if args.opts.read_only { fuser::MountOption::RO } else { fuser::MountOption::RW },
     ];
@@ -244,4 +265,9 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }

@@ -95,7 +95,17 @@ impl MountOptions {
                 "suid" | "nosuid" | "dev" | "nodev" | "exec" | "noexec" | "sync" | "async" | "dirsync" => {
                     self.fuse_flags.push(key.to_string())
                 }
-                "spectator" | "localflocks" | "localcaching" | "quota" | "noquota" | "acl" | "noacl" | "data" | "commit"
+                "quota" => match value {
+                    Some("off") => {}
+                    Some("on") | Some("account") | None => {
+                        return Err(format!(
+                            "{opt}: quotas are not supported yet (neither enforced nor accounted); \
+                             mount with quota=off, the default"
+                        ))
+                    }
+                    Some(v) => return Err(format!("quota={v}: expected off, on or account")),
+                },
+                "spectator" | "localflocks" | "localcaching" | "noquota" | "acl" | "noacl" | "data" | "commit"
                 | "statfs_quantum" | "statfs_percent" | "quota_quantum" | "discard" | "nodiscard" | "barrier"
                 | "nobarrier" | "rgrplvb" | "norgrplvb" | "loccookie" | "noloccookie" | "upgrade" | "debug"
                 | "nodebug" | "suiddir" | "nosuiddir" => {
@@ -209,16 +219,21 @@ pub fn mount(dev: Arc<dyn BlockDevice>, mopts: &MountOptions) -> Result<(FsCore,
         let map = JournalMap::load(&fs.geom, jaddr, fs_blocks, &(&*dev, &fs.geom))?;
         let mut head = find_head(&*dev, &fs.geom, &map)?;
         if !head.is_clean() {
+            // As the kernel does, a read-only mount replays the journal
+            // too, as long as the device itself can be written.
             report.was_dirty = true;
-            if mopts.read_only {
-                return corrupt(
-                    format!("journal{jid}"),
-                    "the journal is dirty; mount read-write once to replay it (or run fsck.gfs2)",
-                );
-            }
             let plan = plan_replay(&*dev, &fs.geom, &map, head, fs_blocks)?;
             report.replayed_blocks = plan.writes.len();
-            apply_replay(&*dev, &fs.geom, &map, &plan, jid)?;
+            match apply_replay(&*dev, &fs.geom, &map, &plan, jid) {
+                Err(Error::Io(rgfs_block::Error::ReadOnly)) => {
+                    return corrupt(
+                        format!("journal{jid}"),
+                        "the journal needs recovery and the device is read-only; \
+                         mount it once where the device is writable, or run fsck.rgfs -y",
+                    )
+                }
+                r => r?,
+            }
             head = find_head(&*dev, &fs.geom, &map)?;
         }
         (map, head)
