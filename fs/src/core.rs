@@ -92,6 +92,10 @@ pub struct FsCore {
     pub(crate) hold_commits: bool,
     /// Data writes in flight outside the core lock.
     pub inflight: Arc<crate::inode::Inflight>,
+    /// Data reads in flight outside the core lock: blocks freed meanwhile
+    /// (a concurrent truncate) are not handed out again until they are
+    /// done, so a read never returns another file's new data.
+    pub reads: Arc<crate::inode::Inflight>,
 }
 
 impl FsCore {
@@ -172,16 +176,44 @@ impl FsCore {
             self.account_alloc(r.1, state);
             return Ok(r);
         }
-        if self.alloc.has_pending_frees() {
+        // Under `hold_commits` a commit here would log metadata pointing at
+        // blocks whose deferred data is not written yet: the caller
+        // (`write_data_deferred`) writes its runs first, then calls
+        // `commit_to_reuse_frees` and retries.
+        if self.alloc.has_pending_frees() && !self.hold_commits {
             // Make the frees durable, then they may be reused.
             self.commit(true)?;
-            self.alloc.release_frees();
+            self.release_frees();
             if let Some(r) = self.alloc.alloc(goal, max_len, state) {
                 self.account_alloc(r.1, state);
                 return Ok(r);
             }
         }
         Err(Error::Errno(libc::ENOSPC))
+    }
+
+    /// Makes pending frees durable and reusable. Called with no data write
+    /// outstanding that the current batch's metadata points to.
+    pub(crate) fn commit_to_reuse_frees(&mut self) -> Result<bool> {
+        if !self.alloc.has_pending_frees() {
+            return Ok(false);
+        }
+        let held = std::mem::replace(&mut self.hold_commits, false);
+        let r = self.commit(true);
+        self.hold_commits = held;
+        r?;
+        self.release_frees();
+        Ok(true)
+    }
+
+    /// Lets the frees made durable be reused, once no read that planned
+    /// before them is still reading their blocks (reads plan under the core
+    /// lock, which the caller holds, so the wait is bounded).
+    fn release_frees(&mut self) {
+        if self.alloc.has_pending_frees() {
+            self.reads.wait_idle();
+            self.alloc.release_frees();
+        }
     }
 
     fn account_alloc(&mut self, n: u32, state: BlockState) {
@@ -317,14 +349,15 @@ impl FsCore {
             .as_mut()
             .expect("checked")
             .commit(&*self.dev, Batch { blocks, revokes }, local, sync);
-        let r = self.guard(r.map_err(Error::from_journal));
+        // Errors from the log writer are I/O errors or invariant breaks.
+        let r = self.guard(r);
         r?;
         self.ops_since_commit = 0;
         self.unpin_written();
         // Frees may be reused once every header written is durable: only a
         // synced commit guarantees that (a plain commit's header is not).
         if sync {
-            self.alloc.release_frees();
+            self.release_frees();
         }
         Ok(())
     }
@@ -341,7 +374,7 @@ impl FsCore {
         let r = self.log.as_mut().expect("checked").checkpoint(&*self.dev, local);
         self.guard(r)?;
         self.unpin_written();
-        self.alloc.release_frees();
+        self.release_frees();
         Ok(())
     }
 
@@ -371,9 +404,3 @@ impl FsCore {
     }
 }
 
-impl Error {
-    /// Errors from the log writer are I/O errors or invariant breaks.
-    pub(crate) fn from_journal(self) -> Error {
-        self
-    }
-}

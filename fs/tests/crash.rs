@@ -244,3 +244,57 @@ fn an_unlinked_open_file_is_freed_at_the_next_mount_after_a_crash() {
     drop(fs);
     common::fsck(&mdev.snapshot()).unwrap();
 }
+
+/// Ordered mode at ENOSPC: a large write that runs out of space while
+/// frees wait for a durable commit commits in the middle of the write.
+/// That commit must not log pointers to blocks whose (deferred) data is
+/// not on the device yet: at every flush, the file's bytes are the new
+/// ones or zeros, never a deleted file's old contents.
+#[test]
+fn a_commit_forced_by_enospc_inside_a_write_never_exposes_stale_blocks() {
+    require_gfs2_utils!();
+    let dev = Arc::new(RecordingDevice::new(common::mkfs_image(24, 4096, 1)));
+    let (mut fs, _) = rgfs::mount::mount(dev.clone() as Arc<dyn BlockDevice>, &Default::default()).unwrap();
+    let root = fs.sys.root;
+    let creds = Creds::default();
+    let mk = |fs: &mut FsCore, name: &str| fs.create(root, name.as_bytes(), s_if::REG | 0o644, 0, creds, None).unwrap().ino;
+    // `small` will be truly free space (deleted and synced), `old` the
+    // stale contents (deleted, frees not yet durable).
+    let target = mk(&mut fs, "target");
+    let small = mk(&mut fs, "small");
+    fs.write(small, 0, &vec![0x5a; 2 << 20], false, false).unwrap();
+    let old = mk(&mut fs, "old");
+    let chunk = vec![0xaa; 1 << 20];
+    let mut off = 0u64;
+    while fs.write(old, off, &chunk, false, false).is_ok() {
+        off += chunk.len() as u64;
+    }
+    let size = 6u64 << 20;
+    fs.setattr(target, SetAttr { size: Some(size), ..Default::default() }).unwrap();
+    fs.remove(root, b"small", false).unwrap();
+    fs.sync().unwrap();
+    let synced = dev.ops();
+    fs.remove(root, b"old", false).unwrap();
+    assert!(fs.alloc.has_pending_frees(), "the test needs frees waiting for a commit");
+    let commits_before = dev.flush_points().len();
+    fs.write(target, 0, &vec![0xbb; size as usize], false, false).expect("the write reuses the deleted file's blocks");
+    assert!(dev.flush_points().len() > commits_before, "the write had to commit to reuse the frees");
+    fs.sync().unwrap();
+    drop(fs);
+    let mut states = 0;
+    for at in dev.flush_points().into_iter().filter(|&f| f >= synced).map(|f| f + 1) {
+        let mdev = Arc::new(MemDevice::from_bytes(dev.crash_image(at, None)));
+        let (mut fs, _) = rgfs::mount::mount(mdev.clone(), &Default::default()).unwrap();
+        let a = fs.resolve("target").unwrap();
+        let got = fs.read(a, 0, size as usize).unwrap();
+        assert_eq!(got.len() as u64, size);
+        if let Some(i) = got.iter().position(|&b| b != 0 && b != 0xbb) {
+            panic!("crash after op {at}: target byte {i} is {:#x}: a block was committed before its data", got[i]);
+        }
+        fs.shutdown().unwrap();
+        drop(fs);
+        common::fsck(&mdev.snapshot()).unwrap();
+        states += 1;
+    }
+    assert!(states >= 2);
+}

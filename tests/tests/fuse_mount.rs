@@ -288,6 +288,72 @@ fn readdir_offsets_stay_stable_while_the_directory_changes() {
     fsck(&img).unwrap();
 }
 
+/// Names whose directory hashes collide (same `hash >> 1`), found by search.
+fn colliding_pairs(pairs: usize) -> Vec<(String, String)> {
+    let mut seen = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for i in 0u64.. {
+        let name = format!("c{i}");
+        let key = rgfs::format::checksum::disk_hash(name.as_bytes()) >> 1;
+        if let Some(other) = seen.insert(key, name.clone()) {
+            out.push((other, name));
+            if out.len() == pairs {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// getdents64 with a buffer that holds one entry: the kernel resumes at
+/// the offset of every entry, also between two names whose hashes collide.
+#[test]
+fn a_listing_one_entry_at_a_time_returns_every_colliding_name() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = scratch();
+    let img = tmp.path().join("img");
+    make_image(&img, 128, Mkfs::Rgfs);
+    let m = Mounted::new(&img, &tmp.path().join("mnt"), "").expect("mount");
+    fs::create_dir(m.path("d")).unwrap();
+    let mut want = std::collections::BTreeSet::new();
+    for (a, b) in colliding_pairs(4) {
+        for n in [a, b] {
+            File::create(m.path(&format!("d/{n}"))).unwrap();
+            want.insert(n);
+        }
+    }
+    for i in 0..20 {
+        let n = format!("plain-{i}");
+        File::create(m.path(&format!("d/{n}"))).unwrap();
+        want.insert(n);
+    }
+    let dir = File::open(m.path("d")).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&dir);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 40]; // one linux_dirent64 with a name of up to 20 bytes
+    loop {
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+        assert!(n >= 0, "getdents64: {}", std::io::Error::last_os_error());
+        if n == 0 {
+            break;
+        }
+        let reclen = u16::from_ne_bytes([buf[16], buf[17]]) as usize;
+        assert_eq!(reclen, n as usize, "one entry per call");
+        let name = std::ffi::CStr::from_bytes_until_nul(&buf[19..reclen]).unwrap().to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            got.push(name);
+        }
+    }
+    let listed: std::collections::BTreeSet<String> = got.iter().cloned().collect();
+    assert_eq!(got.len(), listed.len(), "a name was listed twice: {got:?}");
+    assert_eq!(listed, want);
+    drop(dir);
+    m.unmount().unwrap();
+    fsck(&img).unwrap();
+}
+
 #[test]
 fn enospc_then_works_again_after_deletes() {
     if !fuse_available() {

@@ -9,8 +9,8 @@
 //!   exactly `2^(di.depth - d)` consecutive, aligned table pointers, and
 //!   holds only names whose hash prefix selects those pointers;
 //! - chains (`lf_next`) only exist at the maximum depth (17);
-//! - readdir cookies are `(hash >> 1) + 1`: stable while the directory
-//!   changes, because they depend only on the name.
+//! - `dir_list` returns entries sorted by (hash, name); readdir offsets
+//!   are derived from that order and the hash (`fuse::dir_stream`).
 
 use crate::core::FsCore;
 use crate::error::{corrupt, AtBlock, Result};
@@ -28,13 +28,6 @@ pub struct DirEntry {
     pub inum: Inum,
     pub de_type: u16,
     pub hash: u32,
-}
-
-impl DirEntry {
-    /// The readdir cookie (never 0, which means "from the start").
-    pub fn cookie(&self) -> u64 {
-        (self.hash >> 1) as u64 + 1
-    }
 }
 
 /// Bound on insert retries (split/double each make progress).
@@ -246,7 +239,7 @@ impl FsCore {
         let half = len / 2;
         let nb = self.new_leaf(dir, leaf.depth + 1, 1)?;
         self.ht_set_range(dir, start, half, nb)?;
-        let divider = ((start + half) << (32 - depth)) as u64;
+        let divider = (start + half) << (32 - depth);
         let buf = self.read_meta(blk, &[MetaType::Leaf], dir)?;
         let mut old_area = buf[LEAF_HEADER_SIZE..].to_vec();
         let movers: Vec<(Vec<u8>, Inum, u16)> = dirent::used_entries(&old_area)
@@ -375,7 +368,7 @@ impl FsCore {
         Ok(())
     }
 
-    /// Every entry, sorted by cookie (hash), "." and ".." included.
+    /// Every entry, sorted by (hash, name), "." and ".." included.
     pub fn dir_list(&mut self, dir: u64) -> Result<Vec<DirEntry>> {
         let di = self.inode(dir)?.di.clone();
         let mut out = Vec::new();

@@ -4,8 +4,8 @@
 //! Kernel inode numbers are dinode block numbers, except the root, which
 //! the kernel calls 1. Attribute and entry replies carry long TTLs: the
 //! glock layer invalidates them with notifications when a glock is given
-//! up. Directory handles keep a snapshot of the entries taken at offset 0,
-//! so offsets (hash cookies) stay stable while the directory changes.
+//! up. Directory handles keep a snapshot of the entries taken at offset 0
+//! (`dir_stream`), whose offsets are hash-based cookies, unique within it.
 //!
 //! Invariants:
 //! - every handler replies exactly once;
@@ -28,7 +28,9 @@ use fuser::{
 };
 use parking_lot::Mutex;
 
-use crate::dir::DirEntry;
+mod dir_stream;
+use dir_stream::DirStream;
+
 use crate::error::Error;
 use crate::format::consts::{dt, s_if};
 use crate::format::Timestamp;
@@ -79,7 +81,7 @@ pub struct FuseFs {
     /// files and ignores the server's, so a cluster mount must turn it off
     /// for glock invalidation to show other nodes' size changes.
     writeback_cache: bool,
-    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    dirs: Mutex<HashMap<u64, DirStream>>,
     next_fh: AtomicU64,
 }
 
@@ -471,7 +473,7 @@ impl Filesystem for FuseFs {
         match self.fs.with_inodes(&[a], EX, |c| c.readdir(a)) {
             Ok(list) => {
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                self.dirs.lock().insert(fh, Arc::new(list));
+                self.dirs.lock().insert(fh, DirStream::new(list));
                 reply.opened(FileHandle(fh), FopenFlags::empty());
             }
             Err(e) => reply.error(errno(&e)),
@@ -483,10 +485,9 @@ impl Filesystem for FuseFs {
         let Some(list) = self.snapshot(ino, fh, offset) else {
             return reply.error(Errno::EIO);
         };
-        let start = list.partition_point(|e| e.cookie() <= offset);
-        for e in &list[start..] {
+        for (cookie, e) in list.after(offset) {
             let ino = self.ino(e.inum.addr);
-            if reply.add(ino, e.cookie(), dt_kind(e.de_type), OsStr::from_bytes(&e.name)) {
+            if reply.add(ino, *cookie, dt_kind(e.de_type), OsStr::from_bytes(&e.name)) {
                 break;
             }
         }
@@ -498,9 +499,9 @@ impl Filesystem for FuseFs {
         let Some(list) = self.snapshot(ino, fh, offset) else {
             return reply.error(Errno::EIO);
         };
-        let start = list.partition_point(|e| e.cookie() <= offset);
         let dir = self.addr(ino);
-        for e in &list[start..] {
+        for (cookie, e) in list.after(offset) {
+            let cookie = *cookie;
             let name = OsStr::from_bytes(&e.name);
             let is_dot = e.name == b"." || e.name == b"..";
             let a = e.inum.addr;
@@ -511,7 +512,7 @@ impl Filesystem for FuseFs {
                 self.fs.with_inodes(&[dir, a], EX, |c| c.getattr(a)).ok()
             };
             let full = match &attr {
-                Some(at) => reply.add(self.ino(a), e.cookie(), name, &TTL, &self.attr(at), Generation(at.generation)),
+                Some(at) => reply.add(self.ino(a), cookie, name, &TTL, &self.attr(at), Generation(at.generation)),
                 None => {
                     let zero = FileAttr {
                         ino: self.ino(a),
@@ -530,7 +531,7 @@ impl Filesystem for FuseFs {
                         blksize: 0,
                         flags: 0,
                     };
-                    reply.add(INodeNo(0), e.cookie(), name, &Duration::ZERO, &zero, Generation(0))
+                    reply.add(INodeNo(0), cookie, name, &Duration::ZERO, &zero, Generation(0))
                 }
             };
             if full {
@@ -640,11 +641,11 @@ impl Filesystem for FuseFs {
 
 impl FuseFs {
     /// The directory snapshot of a handle (re-taken at offset 0).
-    fn snapshot(&self, ino: INodeNo, fh: FileHandle, offset: u64) -> Option<Arc<Vec<DirEntry>>> {
+    fn snapshot(&self, ino: INodeNo, fh: FileHandle, offset: u64) -> Option<DirStream> {
         let a = self.addr(ino);
         if offset == 0 || !self.dirs.lock().contains_key(&fh.0) {
             let list = self.fs.with_inodes(&[a], EX, |c| c.readdir(a)).ok()?;
-            self.dirs.lock().insert(fh.0, Arc::new(list));
+            self.dirs.lock().insert(fh.0, DirStream::new(list));
         }
         self.dirs.lock().get(&fh.0).cloned()
     }

@@ -304,9 +304,18 @@ impl Fs {
     /// Reads file data: the block map under the glock and core lock, the
     /// device transfers outside the core lock (reads run in parallel).
     pub fn read(&self, addr: u64, offset: u64, size: usize) -> Result<Vec<u8>> {
-        let plan = self.with_inodes(&[addr], GlockState::Exclusive, |c| c.read_planned(addr, offset, size))?;
-        let dev = self.core.lock().dev.clone();
-        plan.execute(&*dev).inspect_err(|e| self.core.lock().withdraw(&e.to_string()))
+        // The transfers run without the core lock, inside a read section:
+        // blocks a concurrent truncate frees stay unallocated until it ends.
+        let (plan, dev, reads) = self.with_inodes(&[addr], GlockState::Exclusive, |c| {
+            let plan = c.read_planned(addr, offset, size)?;
+            c.reads.begin();
+            Ok((plan, c.dev.clone(), c.reads.clone()))
+        })?;
+        let r = plan.execute(&*dev);
+        // End the section before taking the core lock again (a committer
+        // may be waiting for it while holding that lock).
+        reads.end(None);
+        r.inspect_err(|e| self.core.lock().withdraw(&e.to_string()))
     }
 
     /// Writes file data: allocation and metadata under the locks, whole-
@@ -345,11 +354,7 @@ impl Fs {
                 if let Some(k) = &kernel {
                     k.inval_inode(ino);
                 }
-                let names = {
-                    let mut core = self.core.lock();
-                    let names = core.demote_inode(name.number, to == GlockState::Unlocked)?;
-                    names
-                };
+                let names = self.core.lock().demote_inode(name.number, to == GlockState::Unlocked)?;
                 if let Some(k) = &kernel {
                     k.inval_inode(ino);
                     for n in names {

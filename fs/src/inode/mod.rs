@@ -56,8 +56,12 @@ impl ReadPlan {
     }
 }
 
-/// Writes deferred data runs (device offset, range of `data`); the first
-/// failure, as text (the caller ends the in-flight section with it).
+/// A write's deferred data transfers: (device byte offset, range of the
+/// caller's buffer), each one contiguous device write.
+pub type DataRuns = Vec<(u64, std::ops::Range<usize>)>;
+
+/// Writes deferred data runs; the first failure, as text (the caller ends
+/// the in-flight section with it).
 pub fn write_runs(dev: &dyn rgfs_block::BlockDevice, data: &[u8], runs: &[(u64, std::ops::Range<usize>)]) -> Option<String> {
     runs.iter().find_map(|(off, range)| dev.write_at(*off, &data[range.clone()]).err()).map(|e| e.to_string())
 }
@@ -375,7 +379,7 @@ impl FsCore {
         addr: u64,
         offset: u64,
         data: &[u8],
-        mut defer: Option<&mut Vec<(u64, std::ops::Range<usize>)>>,
+        mut defer: Option<&mut DataRuns>,
     ) -> Result<()> {
         if data.is_empty() {
             return Ok(());
@@ -397,7 +401,7 @@ impl FsCore {
             return Ok(());
         }
         if di.height == 0 {
-            self.unstuff(addr)?;
+            self.alloc_step(data, &mut defer, |fs| fs.unstuff(addr))?;
         }
         let bsize = self.bsize();
         let mut done = 0usize;
@@ -407,7 +411,7 @@ impl FsCore {
             let lblock = pos / bsize;
             let in_block = (pos % bsize) as usize;
             let n = (bsize as usize - in_block).min(data.len() - done);
-            let (blk, new) = self.bmap_alloc(addr, lblock, false)?;
+            let (blk, new) = self.alloc_step(data, &mut defer, |fs| fs.bmap_alloc(addr, lblock, false))?;
             if in_block == 0 && n == bsize as usize {
                 // Whole block: coalesce with following whole blocks that map
                 // contiguously (one device write).
@@ -415,7 +419,9 @@ impl FsCore {
                 let mut d2 = done + n;
                 while d2 + bsize as usize <= data.len() && run.len() < 256 {
                     let lb = (offset + d2 as u64) / bsize;
-                    let (b2, _) = self.bmap_alloc(addr, lb, false)?;
+                    // Ends the run at ENOSPC instead of failing: the next
+                    // block's own step retries (after writing these runs).
+                    let Ok((b2, _)) = self.bmap_alloc(addr, lb, false) else { break };
                     if b2 != run.last().expect("non-empty").0 + 1 {
                         break;
                     }
@@ -447,6 +453,32 @@ impl FsCore {
             self.update_dinode(addr, |d| d.size = end)?;
         }
         Ok(())
+    }
+
+    /// Runs an allocating step of a write. When the allocator is out of
+    /// space but frees wait for a durable commit, the commit must not log
+    /// metadata pointing at blocks whose deferred data is unwritten (ordered
+    /// mode): the runs deferred so far are written here first, under the
+    /// lock, then the commit makes the frees reusable and the step runs
+    /// again (bmap_alloc and unstuff resume where they stopped).
+    fn alloc_step<T>(
+        &mut self,
+        data: &[u8],
+        defer: &mut Option<&mut DataRuns>,
+        mut step: impl FnMut(&mut FsCore) -> Result<T>,
+    ) -> Result<T> {
+        match step(self) {
+            Err(crate::Error::Errno(libc::ENOSPC)) if self.alloc.has_pending_frees() => {
+                if let Some(runs) = defer.as_deref_mut() {
+                    for (off, range) in runs.drain(..) {
+                        self.dev.write_at(off, &data[range])?;
+                    }
+                }
+                self.commit_to_reuse_frees()?;
+                step(self)
+            }
+            r => r,
+        }
     }
 
     /// Allocates the blocks of `[offset, offset+len)` (fallocate without
@@ -625,7 +657,7 @@ impl FsCore {
                 changes.push(i);
             }
         }
-        if !changes.is_empty() && !(node != addr && !any_left) {
+        if !changes.is_empty() && (node == addr || any_left) {
             // Clear the pointers (an indirect block that empties entirely is
             // freed by the caller instead).
             let b = self.cache.modify(node);

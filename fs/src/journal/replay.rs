@@ -309,6 +309,9 @@ mod tests {
         b
     }
 
+    /// Home writes of one commit: (block, contents).
+    type Writes = Vec<(u64, Vec<u8>)>;
+
     /// A minimal log writer for the test, independent of the filesystem's.
     struct TestLog {
         map: JournalMap,
@@ -316,12 +319,12 @@ mod tests {
         tail: u32,
         seq: u64,
         /// Commits still in the active region: (first lblock, writes).
-        active: Vec<(u32, Vec<(u64, Vec<u8>)>)>,
+        active: Vec<(u32, Writes)>,
     }
 
     impl TestLog {
         fn write(&self, dev: &MemDevice, lblock: u32, block: &[u8]) {
-            dev.write_at(self.map.block(lblock) as u64 * BSIZE as u64, block).unwrap();
+            dev.write_at(self.map.block(lblock) * BSIZE as u64, block).unwrap();
         }
 
         fn header(&mut self, dev: &MemDevice, flags: u32) {
@@ -442,7 +445,7 @@ mod tests {
     /// What replay must leave at home: start from the written-back state;
     /// a logged copy in the active region lands unless a revoke of its block
     /// follows it in the region; later copies win.
-    fn model(home: &BTreeMap<u64, Vec<u8>>, active: &[(Commit, Vec<(u64, Vec<u8>)>)]) -> BTreeMap<u64, Vec<u8>> {
+    fn model(home: &BTreeMap<u64, Vec<u8>>, active: &[(Commit, Writes)]) -> BTreeMap<u64, Vec<u8>> {
         let mut events: Vec<(u64, Option<Vec<u8>>)> = Vec::new();
         for (c, writes) in active {
             for &r in &c.revokes {
@@ -486,7 +489,7 @@ mod tests {
         }
         // Commits still active, paired with their content.
         let active_n = log.active.len();
-        let active: Vec<(Commit, Vec<(u64, Vec<u8>)>)> = history[history.len() - active_n..]
+        let active: Vec<(Commit, Writes)> = history[history.len() - active_n..]
             .iter().cloned().zip(log.active.iter().map(|a| a.1.clone())).collect();
         let expect = model(&home, &active);
 

@@ -156,6 +156,7 @@ fn bare_core(dev: Arc<dyn BlockDevice>, sb: Superblock, opts: &CoreOptions) -> R
         withdrawn: None,
         ops_since_commit: 0,
         inflight: Default::default(),
+        reads: Default::default(),
         hold_commits: false,
     })
 }

@@ -594,7 +594,7 @@ impl FsCore {
         data: &[u8],
         append: bool,
         kill_priv: bool,
-    ) -> Result<(usize, Vec<(u64, std::ops::Range<usize>)>)> {
+    ) -> Result<(usize, crate::inode::DataRuns)> {
         let mut runs = Vec::new();
         self.hold_commits = true;
         let r = self.op(|fs| {
@@ -675,7 +675,7 @@ impl FsCore {
         })
     }
 
-    /// All entries of a directory sorted by cookie.
+    /// All entries of a directory, sorted by (hash, name).
     pub fn readdir(&mut self, addr: u64) -> Result<Vec<DirEntry>> {
         self.rop(|fs| {
             if !fs.inode(addr)?.di.is_dir() {

@@ -24,7 +24,7 @@ pub type Entry = (u16, u16, u32);
 
 /// Parses an ACL; `None` if malformed.
 pub fn parse(bytes: &[u8]) -> Option<Vec<Entry>> {
-    if bytes.len() < 4 || (bytes.len() - 4) % 8 != 0 {
+    if bytes.len() < 4 || !(bytes.len() - 4).is_multiple_of(8) {
         return None;
     }
     if u32::from_le_bytes(bytes[..4].try_into().ok()?) != VERSION {

@@ -1,0 +1,136 @@
+//! Data transfers that run without the core lock (`glock::Fs::read`,
+//! `glock::Fs::write`) racing with operations that free blocks: a device
+//! gate holds one transfer in the middle while the other thread goes on.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use rgfs::format::consts::s_if;
+use rgfs::glock::{Fs, NoLock};
+use rgfs::ops::SetAttr;
+use rgfs_block::{BlockDevice, MemDevice};
+
+/// A device whose reads of one byte offset wait for the gate to open (once
+/// armed), so a test can stop a reader between its plan and its transfer.
+struct GateDevice {
+    inner: MemDevice,
+    armed_at: AtomicU64,
+    reader_waiting: AtomicBool,
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl GateDevice {
+    fn new(image: Vec<u8>) -> GateDevice {
+        GateDevice {
+            inner: MemDevice::from_bytes(image),
+            armed_at: AtomicU64::new(u64::MAX),
+            reader_waiting: AtomicBool::new(false),
+            open: Mutex::new(false),
+            opened: Condvar::new(),
+        }
+    }
+
+    fn open_gate(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+impl BlockDevice for GateDevice {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> rgfs_block::Result<()> {
+        let at = self.armed_at.load(Ordering::SeqCst);
+        if (offset..offset + buf.len() as u64).contains(&at) {
+            self.reader_waiting.store(true, Ordering::SeqCst);
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.opened.wait(open).unwrap();
+            }
+        }
+        self.inner.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> rgfs_block::Result<()> {
+        self.inner.write_at(offset, buf)
+    }
+    fn flush(&self) -> rgfs_block::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A read that planned its blocks, then lost the race to a truncate: the
+/// freed blocks must not be handed to another file and overwritten before
+/// the read's transfer is done, or the read returns that file's data.
+#[test]
+fn a_read_racing_a_truncate_never_returns_another_files_data() {
+    require_gfs2_utils!();
+    let dev = Arc::new(GateDevice::new(common::mkfs_image(24, 4096, 1)));
+    let core = common::mount_dev(dev.clone());
+    let fs = Fs::new(core, Arc::new(NoLock)).unwrap();
+    let root = fs.root();
+    let creds = Default::default();
+    let mk = |name: &str| {
+        fs.with_inodes(&[root], rgfs::glock::GlockState::Exclusive, |c| {
+            c.create(root, name.as_bytes(), s_if::REG | 0o644, 0, creds, None)
+        })
+        .unwrap()
+        .ino
+    };
+    let victim = mk("victim");
+    let other = mk("other");
+    fs.write(victim, 0, &vec![0x11; 1 << 20], false, false).unwrap();
+    // Fill the volume: the only blocks the next allocation can get are the
+    // victim's, once its truncate is durable.
+    let filler = mk("filler");
+    let chunk = vec![0x33; 1 << 20];
+    let mut off = 0;
+    while fs.write(filler, off, &chunk, false, false).is_ok() {
+        off += chunk.len() as u64;
+    }
+    let mut off = 0;
+    while fs.write(filler, off, &chunk[..4096], false, false).is_ok() {
+        off += 4096;
+    }
+    fs.with_inodes(&[], rgfs::glock::GlockState::Exclusive, |c| c.sync()).unwrap();
+    let first = fs.with_inodes(&[victim], rgfs::glock::GlockState::Exclusive, |c| c.read_planned(victim, 0, 4096)).unwrap();
+    dev.armed_at.store(first.runs[0].1, Ordering::SeqCst);
+
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| fs.read(victim, 0, 1 << 20).unwrap());
+        while !dev.reader_waiting.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let writer = s.spawn(|| {
+            fs.with_inodes(&[victim], rgfs::glock::GlockState::Exclusive, |c| {
+                c.setattr(victim, SetAttr { size: Some(0), ..Default::default() })?;
+                c.sync()
+            })
+            .unwrap();
+            let n = fs.write(other, 0, &vec![0x22; 1 << 20], false, false).unwrap();
+            fs.with_inodes(&[], rgfs::glock::GlockState::Exclusive, |c| c.sync()).unwrap();
+            n
+        });
+        // The writer either finishes (it reused the blocks while the read was
+        // held: the bug) or waits for the read; open the gate either way.
+        for _ in 0..2000 {
+            if writer.is_finished() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        dev.open_gate();
+        let got = reader.join().unwrap();
+        assert_eq!(writer.join().unwrap(), 1 << 20, "the other file got the freed blocks");
+        if let Some(i) = got.iter().position(|&b| b != 0x11) {
+            panic!("the read returned byte {:#x} at {i}: another file's data in blocks freed under it", got[i]);
+        }
+    });
+    fs.core.lock().shutdown().unwrap();
+    drop(fs);
+    common::fsck(&dev.inner.snapshot()).unwrap();
+}
