@@ -209,7 +209,7 @@ impl FsCore {
     /// Lets the frees made durable be reused, once no read that planned
     /// before them is still reading their blocks (reads plan under the core
     /// lock, which the caller holds, so the wait is bounded).
-    fn release_frees(&mut self) {
+    pub(crate) fn release_frees(&mut self) {
         if self.alloc.has_pending_frees() {
             self.reads.wait_idle();
             self.alloc.release_frees();

@@ -13,11 +13,12 @@ use rgfs::glock::{Fs, NoLock};
 use rgfs::ops::SetAttr;
 use rgfs_block::{BlockDevice, MemDevice};
 
-/// A device whose reads of one byte offset wait for the gate to open (once
-/// armed), so a test can stop a reader between its plan and its transfer.
+/// A device whose reads of one byte offset (or whose flushes) wait for the
+/// gate to open once armed, so a test can stop a thread in its transfer.
 struct GateDevice {
     inner: MemDevice,
     armed_at: AtomicU64,
+    flush_armed: AtomicBool,
     reader_waiting: AtomicBool,
     open: Mutex<bool>,
     opened: Condvar,
@@ -28,9 +29,18 @@ impl GateDevice {
         GateDevice {
             inner: MemDevice::from_bytes(image),
             armed_at: AtomicU64::new(u64::MAX),
+            flush_armed: AtomicBool::new(false),
             reader_waiting: AtomicBool::new(false),
             open: Mutex::new(false),
             opened: Condvar::new(),
+        }
+    }
+
+    fn wait_for_gate(&self) {
+        self.reader_waiting.store(true, Ordering::SeqCst);
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
         }
     }
 
@@ -47,11 +57,7 @@ impl BlockDevice for GateDevice {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> rgfs_block::Result<()> {
         let at = self.armed_at.load(Ordering::SeqCst);
         if (offset..offset + buf.len() as u64).contains(&at) {
-            self.reader_waiting.store(true, Ordering::SeqCst);
-            let mut open = self.open.lock().unwrap();
-            while !*open {
-                open = self.opened.wait(open).unwrap();
-            }
+            self.wait_for_gate();
         }
         self.inner.read_at(offset, buf)
     }
@@ -59,6 +65,9 @@ impl BlockDevice for GateDevice {
         self.inner.write_at(offset, buf)
     }
     fn flush(&self) -> rgfs_block::Result<()> {
+        if self.flush_armed.load(Ordering::SeqCst) {
+            self.wait_for_gate();
+        }
         self.inner.flush()
     }
 }
@@ -130,6 +139,59 @@ fn a_read_racing_a_truncate_never_returns_another_files_data() {
             panic!("the read returned byte {:#x} at {i}: another file's data in blocks freed under it", got[i]);
         }
     });
+    fs.core.lock().shutdown().unwrap();
+    drop(fs);
+    common::fsck(&dev.inner.snapshot()).unwrap();
+}
+
+/// fsync flushes the device without the core lock: while one thread waits
+/// for a slow flush, another reads and stats files; the fsync returns once
+/// the flush is done, with the header durable.
+#[test]
+fn other_operations_go_on_while_an_fsync_waits_for_the_device() {
+    require_gfs2_utils!();
+    let dev = Arc::new(GateDevice::new(common::mkfs_image(24, 4096, 1)));
+    let core = common::mount_dev(dev.clone());
+    let fs = Fs::new(core, Arc::new(NoLock)).unwrap();
+    let root = fs.root();
+    let ex = rgfs::glock::GlockState::Exclusive;
+    let a = fs
+        .with_inodes(&[root], ex, |c| c.create(root, b"f", s_if::REG | 0o644, 0, Default::default(), None))
+        .unwrap()
+        .ino;
+    fs.write(a, 0, &vec![7u8; 100_000], false, false).unwrap();
+    // Commit without the final flush: what the fsync has left to do is the
+    // flush that makes the header durable.
+    fs.with_inodes(&[], ex, |c| c.commit(false)).unwrap();
+    let durable_before = fs.core.lock().log.as_ref().unwrap().durable_sequence();
+    dev.flush_armed.store(true, Ordering::SeqCst);
+    std::thread::scope(|s| {
+        let syncer = s.spawn(|| fs.sync(&[a]));
+        while !dev.reader_waiting.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let other = s.spawn(|| {
+            let size = fs.with_inodes(&[a], ex, |c| c.getattr(a)).unwrap().size;
+            (size, fs.read(a, 0, 10).unwrap())
+        });
+        // The other thread either finishes while the flush is held (the
+        // fsync let the core lock go) or waits for it; open the gate after
+        // a while either way.
+        for _ in 0..5000 {
+            if other.is_finished() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let finished_during_flush = other.is_finished();
+        assert!(!syncer.is_finished(), "fsync returned before its flush completed");
+        dev.open_gate();
+        assert_eq!(other.join().unwrap(), (100_000, vec![7u8; 10]));
+        syncer.join().unwrap().unwrap();
+        assert!(finished_during_flush, "getattr and read waited for the fsync's device flush");
+    });
+    let durable_after = fs.core.lock().log.as_ref().unwrap().durable_sequence();
+    assert!(durable_after > durable_before, "the fsync made the last header durable");
     fs.core.lock().shutdown().unwrap();
     drop(fs);
     common::fsck(&dev.inner.snapshot()).unwrap();

@@ -106,13 +106,15 @@ pub struct Allocator {
     pub rgrps: Vec<Rgrp>,
     /// Rgrps with a clone (blocks freed since the last durable commit).
     cloned: BTreeSet<usize>,
+    /// Free calls so far (tells a caller whether frees happened meanwhile).
+    frees_made: u64,
 }
 
 impl Allocator {
     /// `rgrps` must be sorted by address and not overlap.
     pub fn new(geom: Geometry, rgrps: Vec<Rgrp>) -> Allocator {
         assert!(rgrps.windows(2).all(|w| w[0].ri.data_end() <= w[1].ri.addr), "rgrps overlap or unsorted");
-        Allocator { geom, rgrps, cloned: BTreeSet::new() }
+        Allocator { geom, rgrps, cloned: BTreeSet::new(), frees_made: 0 }
     }
 
     /// The rgrp holding data block `block`.
@@ -229,7 +231,13 @@ impl Allocator {
         for j in idx..idx + len {
             r.set(&geom, j, BlockState::Free);
         }
+        self.frees_made += 1;
         true
+    }
+
+    /// How many frees were made so far.
+    pub fn frees_made(&self) -> u64 {
+        self.frees_made
     }
 
     /// Changes the state of an allocated block (DINODE <-> UNLINKED).

@@ -461,7 +461,7 @@ impl Filesystem for FuseFs {
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         self.counts.hit(17);
         let a = self.addr(ino);
-        match self.fs.with_inodes(&[a], EX, |c| c.sync()) {
+        match self.fs.sync(&[a]) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
@@ -551,7 +551,7 @@ impl Filesystem for FuseFs {
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let a = self.addr(ino);
-        match self.fs.with_inodes(&[a], EX, |c| c.sync()) {
+        match self.fs.sync(&[a]) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }

@@ -318,6 +318,16 @@ impl Fs {
         r.inspect_err(|e| self.core.lock().withdraw(&e.to_string()))
     }
 
+    /// fsync/fsyncdir: commits under the locks, then flushes the device
+    /// without the core lock (other operations go on meanwhile).
+    pub fn sync(&self, inodes: &[u64]) -> Result<()> {
+        let Some(ticket) = self.with_inodes(inodes, GlockState::Exclusive, |c| c.sync_start())? else {
+            return Ok(());
+        };
+        let flushed = ticket.dev.flush().map_err(Error::from);
+        self.core.lock().sync_finish(ticket, flushed)
+    }
+
     /// Writes file data: allocation and metadata under the locks, whole-
     /// block data transfers outside the core lock inside an in-flight
     /// section that every commit waits for (ordered mode).

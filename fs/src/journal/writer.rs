@@ -173,13 +173,31 @@ impl LogWriter {
 
     fn flush(&mut self, dev: &dyn BlockDevice) -> Result<()> {
         dev.flush()?;
+        self.mark_durable();
+        Ok(())
+    }
+
+    /// A device flush issued after header `sequence` was written has
+    /// completed (fsync flushes without the core lock): that header is
+    /// durable if it is still the last one written.
+    pub fn flushed_after(&mut self, sequence: u64) {
+        if self.sequence.checked_sub(1) == Some(sequence) {
+            self.mark_durable();
+        }
+    }
+
+    /// Sequence of the last header written (durable or not).
+    pub fn last_header(&self) -> u64 {
+        self.sequence.saturating_sub(1)
+    }
+
+    fn mark_durable(&mut self) {
         self.stats.flushes += 1;
         if !self.header_durable {
             self.header_durable = true;
             self.durable_tail = self.written_tail;
             self.durable_sequence = self.sequence - 1;
         }
-        Ok(())
     }
 
     /// The tail for a header written now: the oldest commit start among

@@ -737,6 +737,36 @@ impl FsCore {
         self.guard(r)
     }
 
+    /// fsync without holding the core lock across the final flush: this
+    /// half commits (log blocks flushed, header written); the caller
+    /// flushes the device without the lock, then calls
+    /// [`sync_finish`](Self::sync_finish). `None`: nothing to make durable
+    /// (read-only mount).
+    pub fn sync_start(&mut self) -> Result<Option<SyncTicket>> {
+        let r = self.commit(false);
+        self.guard(r)?;
+        Ok(self.log.as_ref().map(|l| SyncTicket {
+            header: l.last_header(),
+            frees_made: self.alloc.frees_made(),
+            dev: self.dev.clone(),
+        }))
+    }
+
+    /// The second half of an fsync: `flushed` is the result of the device
+    /// flush the caller issued after `sync_start`.
+    pub fn sync_finish(&mut self, ticket: SyncTicket, flushed: Result<()>) -> Result<()> {
+        let flushed = self.guard(flushed);
+        flushed?;
+        let Some(log) = self.log.as_mut() else { return Ok(()) };
+        log.flushed_after(ticket.header);
+        // Frees may be reused once their commit is durable; frees made
+        // while the lock was released are in no durable commit yet.
+        if self.alloc.frees_made() == ticket.frees_made && log.durable_sequence() >= ticket.header {
+            self.release_frees();
+        }
+        Ok(())
+    }
+
     /// Takes a reference (FUSE lookup or open) on an inode.
     pub fn add_ref(&mut self, addr: u64, lookups: u64, opens: u32) -> Result<()> {
         let i = self.inode(addr)?;
@@ -779,4 +809,14 @@ impl FsCore {
     pub fn inum_of(&mut self, addr: u64) -> Result<Inum> {
         Ok(self.inode(addr)?.di.num)
     }
+}
+
+/// What the lock-free half of an fsync needs (see `FsCore::sync_start`).
+pub struct SyncTicket {
+    /// The last header written when the sync started.
+    header: u64,
+    /// `Allocator::frees_made` then.
+    frees_made: u64,
+    /// The device to flush.
+    pub dev: std::sync::Arc<dyn rgfs_block::BlockDevice>,
 }
