@@ -6,6 +6,7 @@ mod generated {
     tonic::include_proto!("rgfs.dlm.v1");
 }
 mod convert;
+pub mod framing;
 
 pub use convert::*;
 pub use generated::*;
