@@ -192,7 +192,7 @@ impl Sender {
     pub fn message(&self, message: pb::ClientMessage) -> Result<(), ClientError> {
         match self {
             Sender::Grpc(tx) => tx.send(Outbound::Message(message)).map_err(|_| ClientError::Disconnected),
-            Sender::Framed(writer) => writer.send(&message, true),
+            Sender::Framed(writer) => writer.send(Outbound::Message(message), true),
         }
     }
 
@@ -201,10 +201,7 @@ impl Sender {
     pub fn op(&self, op: pb::Op, idle: bool) -> Result<(), ClientError> {
         match self {
             Sender::Grpc(tx) => tx.send(Outbound::Op(op)).map_err(|_| ClientError::Disconnected),
-            Sender::Framed(writer) => {
-                let message = pb::ClientMessage { kind: Some(pb::client_message::Kind::Ops(pb::OpBatch { ops: vec![op] })) };
-                writer.send(&message, idle)
-            }
+            Sender::Framed(writer) => writer.send(Outbound::Op(op), idle),
         }
     }
 }

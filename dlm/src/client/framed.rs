@@ -1,54 +1,40 @@
 //! The framed transport on the client side (docs/dlm.md, "Transports").
 //!
-//! Writing: the caller encodes its message into the connection's buffer under a
-//! mutex. When nothing else is in flight it also writes the buffer itself (a
-//! non-blocking write, no task hop on the latency path); otherwise, or if the
-//! socket is full, the flusher task writes it, after every other ready caller has
-//! queued its message, so pipelined operations share one write.
+//! Writing: the caller queues its operation under a mutex. When nothing else is in
+//! flight it also encodes and writes it itself (a non-blocking write, no task hop on
+//! the latency path); otherwise, or if the socket is full, the flusher task packs
+//! the operations every ready caller queued into one `OpBatch` frame and writes it,
+//! so pipelined operations share one frame and one write.
 //!
-//! Invariants: bytes go out in the order they were queued; only one of the caller
-//! and the flusher writes at a time (both write under the mutex); once the
-//! flusher is busy, callers only queue.
+//! Invariants: messages go out in the order they were queued (queued operations are
+//! encoded before any later whole message); only one of the caller and the flusher
+//! writes at a time (both write under the mutex); once the flusher is busy, callers
+//! only queue.
 
 use std::io;
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio_util::codec::LengthDelimitedCodec;
 
-use super::connect::DaemonAddress;
+use super::connect::{DaemonAddress, Outbound};
 use super::ClientError;
 use crate::proto::framing::{self, FrameReader};
+use crate::proto::socket::{QuietSocket, SharedReader};
 use crate::proto as pb;
 
 /// The read side of a framed connection.
-pub(crate) type FramedReader = FrameReader<Box<dyn AsyncRead + Send + Unpin>, pb::ServerMessage>;
+pub(crate) type FramedReader = FrameReader<SharedReader, pb::ServerMessage>;
 
-enum WriteHalf {
-    Tcp(tokio::net::tcp::OwnedWriteHalf),
-    Unix(tokio::net::unix::OwnedWriteHalf),
-}
-
-impl WriteHalf {
-    fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
-        match self {
-            WriteHalf::Tcp(w) => w.try_write(bytes),
-            WriteHalf::Unix(w) => w.try_write(bytes),
-        }
-    }
-
-    async fn writable(&self) -> io::Result<()> {
-        match self {
-            WriteHalf::Tcp(w) => w.writable().await,
-            WriteHalf::Unix(w) => w.writable().await,
-        }
-    }
-}
+/// Most operations packed into one frame (the gRPC transport's batch bound).
+const OPS_PER_FRAME: usize = 1024;
 
 struct WriteState {
+    /// Operations not encoded yet.
+    ops: Vec<pb::Op>,
     buffer: BytesMut,
     codec: LengthDelimitedCodec,
     /// The flusher owns the buffer's writing until it is empty.
@@ -58,7 +44,7 @@ struct WriteState {
 
 /// The write side of a framed connection.
 pub(crate) struct FramedWriter {
-    io: WriteHalf,
+    io: Arc<QuietSocket>,
     state: Mutex<WriteState>,
     flush: Notify,
 }
@@ -68,48 +54,52 @@ pub(crate) struct FramedWriter {
 pub(crate) async fn connect(address: &DaemonAddress) -> Result<(Arc<FramedWriter>, FramedReader, tokio::task::JoinHandle<()>), ClientError> {
     let failed = |e: io::Error| ClientError::Connect(format!("connecting to {address}: {e}"));
     let connecting = async {
-        let (reader, mut writer): (Box<dyn AsyncRead + Send + Unpin>, WriteHalf) = match address {
+        match address {
             DaemonAddress::Tcp(addr) => {
-                let stream = tokio::net::TcpStream::connect(addr).await?;
+                let mut stream = tokio::net::TcpStream::connect(addr).await?;
                 stream.set_nodelay(true)?;
-                let (r, w) = stream.into_split();
-                (Box::new(r), WriteHalf::Tcp(w))
+                stream.write_all(framing::PREFACE).await?;
+                QuietSocket::from_tcp(stream)
             }
             DaemonAddress::Unix(path) => {
-                let (r, w) = tokio::net::UnixStream::connect(path).await?.into_split();
-                (Box::new(r), WriteHalf::Unix(w))
+                let mut stream = tokio::net::UnixStream::connect(path).await?;
+                stream.write_all(framing::PREFACE).await?;
+                QuietSocket::from_unix(stream)
             }
-        };
-        match &mut writer {
-            WriteHalf::Tcp(w) => w.write_all(framing::PREFACE).await?,
-            WriteHalf::Unix(w) => w.write_all(framing::PREFACE).await?,
         }
-        Ok::<_, io::Error>((reader, writer))
     };
-    let (reader, writer) = tokio::time::timeout(std::time::Duration::from_millis(super::connect::CONNECT_TIMEOUT_MS), connecting)
+    let socket = tokio::time::timeout(std::time::Duration::from_millis(super::connect::CONNECT_TIMEOUT_MS), connecting)
         .await
         .map_err(|_| ClientError::Connect(format!("connecting to {address}: timed out")))?
         .map_err(failed)?;
-    let state = WriteState { buffer: BytesMut::with_capacity(4096), codec: framing::codec(), flusher_busy: false, closed: false };
-    let writer = Arc::new(FramedWriter { io: writer, state: Mutex::new(state), flush: Notify::new() });
+    let socket = Arc::new(socket);
+    let state = WriteState { ops: Vec::new(), buffer: BytesMut::with_capacity(4096), codec: framing::codec(), flusher_busy: false, closed: false };
+    let writer = Arc::new(FramedWriter { io: socket.clone(), state: Mutex::new(state), flush: Notify::new() });
     let flusher = tokio::spawn(writer.clone().run_flusher());
-    Ok((writer, FramedReader::new(reader), flusher))
+    Ok((writer, FramedReader::new(SharedReader(socket)), flusher))
 }
 
 impl FramedWriter {
-    /// Queues `message`; with `now`, also writes it from this thread if the flusher
-    /// is idle.
-    pub(crate) fn send(&self, message: &pb::ClientMessage, now: bool) -> Result<(), ClientError> {
+    /// Queues an operation or a message; with `now`, also writes it from this
+    /// thread if the flusher is idle.
+    pub(crate) fn send(&self, item: Outbound, now: bool) -> Result<(), ClientError> {
         let mut state = self.state.lock();
         if state.closed {
             return Err(ClientError::Disconnected);
         }
-        let WriteState { codec, buffer, .. } = &mut *state;
-        framing::encode_frame(codec, message, buffer).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        match item {
+            Outbound::Op(op) => state.ops.push(op),
+            Outbound::Message(message) => {
+                state.pack()?;
+                let WriteState { codec, buffer, .. } = &mut *state;
+                framing::encode_frame(codec, &message, buffer).map_err(|e| ClientError::Invalid(e.to_string()))?;
+            }
+        }
         if state.flusher_busy {
             return Ok(());
         }
         if now {
+            state.pack()?;
             self.write_some(&mut state)?;
             if state.buffer.is_empty() {
                 return Ok(());
@@ -147,7 +137,7 @@ impl FramedWriter {
             loop {
                 {
                     let mut state = self.state.lock();
-                    if self.write_some(&mut state).is_err() {
+                    if state.pack().is_err() || self.write_some(&mut state).is_err() {
                         return;
                     }
                     if state.buffer.is_empty() {
@@ -161,5 +151,19 @@ impl FramedWriter {
                 }
             }
         }
+    }
+}
+
+impl WriteState {
+    /// Encodes the queued operations into the buffer, in frames of up to
+    /// [`OPS_PER_FRAME`].
+    fn pack(&mut self) -> Result<(), ClientError> {
+        while !self.ops.is_empty() {
+            let rest = self.ops.split_off(self.ops.len().min(OPS_PER_FRAME));
+            let ops = std::mem::replace(&mut self.ops, rest);
+            let message = pb::ClientMessage { kind: Some(pb::client_message::Kind::Ops(pb::OpBatch { ops })) };
+            framing::encode_frame(&mut self.codec, &message, &mut self.buffer).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        }
+        Ok(())
     }
 }

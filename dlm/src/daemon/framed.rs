@@ -23,6 +23,7 @@ use super::responder::poll_answer;
 use super::session::{ClientSource, SessionStream};
 use super::Daemon;
 use crate::proto::framing::{self, FrameError, FrameReader};
+use crate::proto::socket::QuietSocket;
 use crate::proto as pb;
 
 /// Answers gathered before one write (more waits for the next write).
@@ -34,17 +35,35 @@ impl<R: AsyncRead + Unpin> ClientSource for FrameReader<R, pb::ClientMessage> {
     }
 }
 
+/// A stream socket the daemon listens for: TCP or unix.
+pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The socket for the framed transport.
+    fn into_quiet(self) -> io::Result<QuietSocket>;
+}
+
+impl Socket for tokio::net::TcpStream {
+    fn into_quiet(self) -> io::Result<QuietSocket> {
+        QuietSocket::from_tcp(self)
+    }
+}
+
+impl Socket for tokio::net::UnixStream {
+    fn into_quiet(self) -> io::Result<QuietSocket> {
+        QuietSocket::from_unix(self)
+    }
+}
+
 /// Reads a new connection's first bytes and hands it to the framed transport or to
 /// gRPC (`grpc`). A connection that sends nothing within `hello_timeout_ms` is
 /// refused and counted like a stream without hello.
-pub async fn sort_connection<S>(daemon: Arc<Daemon>, mut io: S, peer: String, grpc: UnboundedSender<io::Result<Rewind<S>>>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+pub async fn sort_connection<S: Socket>(daemon: Arc<Daemon>, mut io: S, peer: String, grpc: UnboundedSender<io::Result<Rewind<S>>>) {
     let mut first = [0u8; framing::PREFACE_LEN];
     let timeout = Duration::from_millis(daemon.config.limits.hello_timeout_ms);
     match tokio::time::timeout(timeout, io.read_exact(&mut first)).await {
-        Ok(Ok(_)) if &first == framing::PREFACE => serve_framed(daemon, io, format!("{peer} (framed)")).await,
+        Ok(Ok(_)) if &first == framing::PREFACE => match io.into_quiet() {
+            Ok(socket) => serve_framed(daemon, socket, format!("{peer} (framed)")).await,
+            Err(error) => tracing::warn!(%peer, %error, "framed connection lost"),
+        },
         Ok(Ok(_)) if first.starts_with(framing::PREFACE_FAMILY) => {
             tracing::warn!(%peer, version = first[framing::PREFACE_LEN - 1], "client refused: unknown framed protocol version");
             daemon.count_refused();
@@ -61,8 +80,8 @@ where
 }
 
 /// Serves one framed connection (its preface read) until either side ends it.
-async fn serve_framed<S: AsyncRead + AsyncWrite + Unpin>(daemon: Arc<Daemon>, io: S, peer: String) {
-    let mut stream = SessionStream::new(daemon, FrameReader::<S, pb::ClientMessage>::new(io), peer.clone());
+async fn serve_framed(daemon: Arc<Daemon>, io: QuietSocket, peer: String) {
+    let mut stream = SessionStream::new(daemon, FrameReader::<QuietSocket, pb::ClientMessage>::new(io), peer.clone());
     let mut codec = framing::codec();
     let mut out = BytesMut::with_capacity(4096);
     loop {
@@ -84,7 +103,7 @@ async fn serve_framed<S: AsyncRead + AsyncWrite + Unpin>(daemon: Arc<Daemon>, io
 
 /// Polls the session's answers into `out` until none is ready (or `out` is full);
 /// `Ready(true)` once the session is over.
-fn gather_answers<I: super::session::ClientSource>(
+fn gather_answers<I: ClientSource>(
     stream: &mut SessionStream<I>,
     codec: &mut LengthDelimitedCodec,
     out: &mut BytesMut,

@@ -4,13 +4,12 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream, UnixListenerStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::framed::{sort_connection, Rewind};
+use super::framed::{sort_connection, Rewind, Socket};
 use super::peer::{run_outgoing, PeerInbound};
 use super::session::SessionStream;
 use super::Daemon;
@@ -74,7 +73,7 @@ async fn accept<S>(
     grpc: tokio::sync::mpsc::UnboundedSender<std::io::Result<Rewind<S>>>,
 ) -> Result<(), String>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Socket,
 {
     while let Some(connection) = incoming.next().await {
         match connection {
