@@ -5,7 +5,9 @@
 # machine. Needs: cargo build --release -p rgfs-dlm; apt-get install -y redis-server
 # redis-tools etcd-server python3. Every process it starts is stopped by PID.
 # Environment: PAIRS (default 20000), DLMD_THREADS (rgfs-dlmd --threads, default 1),
-# ONLY_RGFS=1 to skip Redis and etcd.
+# TRANSPORTS (client transports, default "framed grpc"; "default" passes no
+# --transport, for builds from before it), PIN=1 to run every server and client on
+# CPU 0 only (taskset), ONLY_RGFS=1 to skip Redis and etcd.
 set -euo pipefail
 BIN=${BIN:-$(cd "$(dirname "$0")/../.." && pwd)/target/release}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -23,19 +25,23 @@ head -c 32 /dev/urandom > "$WORK/authkey"
     [ "$i" = 1 ] && echo "client_socket = \"$WORK/n1.sock\""
   done
 } > "$WORK/dlm.toml"
+PIN_CMD=(); [ -n "${PIN:-}" ] && PIN_CMD=(taskset -c 0)
 for i in 1 2 3; do
-  "$BIN/rgfs-dlmd" --config "$WORK/dlm.toml" --node-id "$i" --threads "${DLMD_THREADS:-1}" > "$WORK/n$i.out" 2> "$WORK/n$i.log" &
+  "${PIN_CMD[@]}" "$BIN/rgfs-dlmd" --config "$WORK/dlm.toml" --node-id "$i" --threads "${DLMD_THREADS:-1}" > "$WORK/n$i.out" 2> "$WORK/n$i.log" &
   PIDS+=($!)
 done
 for i in 1 2 3; do until grep -q ready "$WORK/n$i.out" 2>/dev/null; do sleep 0.1; done; done
 
 PAIRS=${PAIRS:-20000}
 for node in 1 2; do
-  for master in local remote; do
-    for inflight in 1 64; do
-      pairs=$PAIRS; [ "$inflight" = 64 ] && pairs=$((PAIRS * 10))
-      echo "# node $node ($( [ $node = 1 ] && echo unix socket || echo TCP )): rgfs-dlm bench bench --pairs $pairs --inflight $inflight --master $master"
-      "$BIN/rgfs-dlm" --config "$WORK/dlm.toml" --node-id "$node" bench bench --pairs "$pairs" --inflight "$inflight" --master "$master"
+  for transport in ${TRANSPORTS:-framed grpc}; do
+    for master in local remote; do
+      for inflight in 1 64; do
+        pairs=$PAIRS; [ "$inflight" = 64 ] && pairs=$((PAIRS * 10))
+        echo "# node $node ($( [ $node = 1 ] && echo unix socket || echo TCP )): rgfs-dlm --transport $transport bench bench --pairs $pairs --inflight $inflight --master $master"
+        tflag=(--transport "$transport"); [ "$transport" = default ] && tflag=()
+        "${PIN_CMD[@]}" "$BIN/rgfs-dlm" --config "$WORK/dlm.toml" --node-id "$node" "${tflag[@]}" bench bench --pairs "$pairs" --inflight "$inflight" --master "$master"
+      done
     done
   done
 done
@@ -44,17 +50,18 @@ echo "# rgfs-dlm engine-bench --pairs 1000000"
 "$BIN/rgfs-dlm" engine-bench --pairs 1000000
 [ -n "${ONLY_RGFS:-}" ] && exit 0
 RPORT=$(port)
-redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no > "$WORK/redis.log" 2>&1 &
+"${PIN_CMD[@]}" redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no > "$WORK/redis.log" 2>&1 &
 PIDS+=($!)
 until redis-cli -p "$RPORT" ping > /dev/null 2>&1; do sleep 0.1; done
 echo "# python3 lock_loops.py redis PORT $PAIRS"
-python3 "$HERE/lock_loops.py" redis "$RPORT" "$PAIRS"
+"${PIN_CMD[@]}" python3 "$HERE/lock_loops.py" redis "$RPORT" "$PAIRS"
 for c in 1 64; do
   echo "# redis-benchmark -c $c -n $((PAIRS * 5)) SET lock:__rand_int__ owner NX PX 30000 (then DEL)"
-  redis-benchmark -p "$RPORT" -c "$c" -n $((PAIRS * 5)) -r 1000000 -q SET 'lock:__rand_int__' owner NX PX 30000 | tr '\r' '\n' | tail -1
-  redis-benchmark -p "$RPORT" -c "$c" -n $((PAIRS * 5)) -r 1000000 -q DEL 'lock:__rand_int__' | tr '\r' '\n' | tail -1
+  "${PIN_CMD[@]}" redis-benchmark -p "$RPORT" -c "$c" -n $((PAIRS * 5)) -r 1000000 -q SET 'lock:__rand_int__' owner NX PX 30000 | tr '\r' '\n' | tail -1
+  "${PIN_CMD[@]}" redis-benchmark -p "$RPORT" -c "$c" -n $((PAIRS * 5)) -r 1000000 -q DEL 'lock:__rand_int__' | tr '\r' '\n' | tail -1
 done
 
+if ! command -v etcd > /dev/null; then echo "# etcd not installed: skipped"; exit 0; fi
 EPORT=$(port); PPORT=$(port)
 etcd --name bench --data-dir "$WORK/etcd" --listen-client-urls "http://127.0.0.1:$EPORT" \
      --advertise-client-urls "http://127.0.0.1:$EPORT" --listen-peer-urls "http://127.0.0.1:$PPORT" \

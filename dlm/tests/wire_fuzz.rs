@@ -1,7 +1,8 @@
 //! Parsers fed arbitrary input never panic: the configuration file, protobuf
-//! messages as they come off the wire, and the checks that turn them into engine
-//! inputs. (Covered: decoding and checking. Not covered here: the daemon's state
-//! machine around them, which the cluster tests drive with malformed messages.)
+//! messages as they come off the wire, the framed transport's reader, and the
+//! checks that turn messages into engine inputs. (Covered: decoding and checking.
+//! Not covered here: the daemon's state machine around them, which the cluster
+//! tests drive with malformed messages.)
 
 use proptest::prelude::*;
 use prost::Message;
@@ -49,5 +50,37 @@ proptest! {
             }
         }
         let _ = pb::ServerMessage::decode(bytes.as_slice());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// The framed transport's reader, fed arbitrary bytes (frames of any length,
+    /// truncated, oversize, garbage inside), ends with an error or the end of the
+    /// input, never a panic.
+    #[test]
+    fn framed_reader_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512), valid_prefix in any::<bool>()) {
+        let mut input = Vec::new();
+        if valid_prefix {
+            // One well-formed frame first, so the fuzzing also reaches a second frame.
+            let message = pb::ClientMessage { kind: Some(pb::client_message::Kind::Ops(pb::OpBatch::default())) };
+            let mut frame = bytes::BytesMut::new();
+            rgfs_dlm::proto::framing::encode_frame(&mut rgfs_dlm::proto::framing::codec(), &message, &mut frame).unwrap();
+            input.extend_from_slice(&frame);
+        }
+        input.extend_from_slice(&bytes);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(async {
+            let mut reader = rgfs_dlm::proto::framing::FrameReader::<_, pb::ClientMessage>::new(input.as_slice());
+            for _ in 0..input.len() + 1 {
+                match reader.next_message().await {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => { prop_assert!(e.is_malformed()); break; }
+                    None => break,
+                }
+            }
+            Ok(())
+        })?;
     }
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use rgfs_dlm::client::{options_with_key_file, AdminClient, ClientError, ConnectOptions, DaemonAddress, JoinOptions, Lockspace};
+use rgfs_dlm::client::{options_with_key_file, AdminClient, ClientError, ConnectOptions, DaemonAddress, JoinOptions, Lockspace, Transport};
 use rgfs_dlm::cluster::config::Config;
 use rgfs_dlm::engine::{Flags, Mode, Status};
 use rgfs_dlm::proto as pb;
@@ -31,6 +31,9 @@ struct Cli {
     /// Cluster key file, instead of the configuration's.
     #[arg(long, global = true)]
     key_file: Option<PathBuf>,
+    /// How to talk to the daemon: framed (length-delimited protobuf, the default) or grpc.
+    #[arg(long, global = true, default_value = "framed")]
+    transport: Transport,
     #[command(subcommand)]
     command: Command,
 }
@@ -120,6 +123,12 @@ fn main() -> ExitCode {
 }
 
 fn connect_options(cli: &Cli, client_name: &str) -> Result<ConnectOptions, String> {
+    let mut options = connect_options_for_daemon(cli, client_name)?;
+    options.transport = cli.transport;
+    Ok(options)
+}
+
+fn connect_options_for_daemon(cli: &Cli, client_name: &str) -> Result<ConnectOptions, String> {
     if let (Some(address), Some(key_file)) = (&cli.address, &cli.key_file) {
         let address: DaemonAddress = address.parse()?;
         return options_with_key_file(address, key_file, client_name).map_err(|e| e.to_string());
@@ -322,8 +331,9 @@ async fn bench(options: &ConnectOptions, lockspace: &str, pairs: u64, inflight: 
         MasterChoice::Any => "any",
     };
     println!(
-        "bench lockspace={lockspace} master={master_name} mode={mode} inflight={inflight} pairs={} elapsed_s={elapsed:.3} pairs_per_s={:.0} ops_per_s={:.0} \
+        "bench transport={} lockspace={lockspace} master={master_name} mode={mode} inflight={inflight} pairs={} elapsed_s={elapsed:.3} pairs_per_s={:.0} ops_per_s={:.0} \
          op_p50_us={:.1} op_p99_us={:.1} lock_p50_us={:.1} lock_p99_us={:.1} unlock_p50_us={:.1} unlock_p99_us={:.1}",
+        options.transport,
         lock_ns.len(),
         done / elapsed,
         2.0 * done / elapsed,

@@ -1,6 +1,6 @@
 //! Admin queries (`status`, `lockdump`) on a session that joins no lockspace.
 
-use super::connect::{next_kind, open_session, ConnectOptions, Outbound, Session};
+use super::connect::{next_kind, open_session, ConnectOptions, Session};
 use super::ClientError;
 use crate::proto as pb;
 
@@ -22,9 +22,9 @@ impl AdminClient {
 
     async fn query(&mut self, kind: pb::query::Kind) -> Result<pb::query_reply::Kind, ClientError> {
         let message = pb::ClientMessage { kind: Some(pb::client_message::Kind::Query(pb::Query { kind: Some(kind) })) };
-        self.session.tx.send(Outbound::Message(message)).map_err(|_| ClientError::Disconnected)?;
+        self.session.sender.message(message)?;
         loop {
-            match next_kind(&mut self.session.inbound).await? {
+            match next_kind(&mut self.session.receiver).await? {
                 pb::server_message::Kind::Reply(pb::QueryReply { kind: Some(pb::query_reply::Kind::Error(e)) }) => {
                     return Err(ClientError::Protocol(e));
                 }

@@ -1,10 +1,12 @@
-//! Reaching the local daemon: addresses, the gRPC channel, the outbound batching
-//! stream and the authentication handshake shared by lockspace and admin sessions.
+//! Reaching the local daemon: addresses, transports (framed, the default, or gRPC:
+//! the channel and the outbound batching stream), and the authentication handshake
+//! shared by lockspace and admin sessions over either transport.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -13,12 +15,13 @@ use tokio_stream::Stream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 
+use super::framed::{FramedReader, FramedWriter};
 use super::ClientError;
 use crate::cluster::auth::{nonce, ClusterKey, Role};
 use crate::cluster::config::Config;
 use crate::proto::{self as pb, dlm_client::DlmClient};
 
-const CONNECT_TIMEOUT_MS: u64 = 5000;
+pub(crate) const CONNECT_TIMEOUT_MS: u64 = 5000;
 const BATCH_MAX: usize = 1024;
 
 /// Where the local daemon listens.
@@ -52,6 +55,37 @@ impl std::fmt::Display for DaemonAddress {
     }
 }
 
+/// How a client talks to its daemon (docs/dlm.md, "Transports"). Both carry the
+/// same messages and the same session; the daemon takes both on every listener.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// Length-delimited protobuf frames on the bare socket: the lowest latency.
+    #[default]
+    Framed,
+    /// The `Dlm.Session` gRPC stream (HTTP/2).
+    Grpc,
+}
+
+impl FromStr for Transport {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Transport, String> {
+        match text {
+            "framed" => Ok(Transport::Framed),
+            "grpc" => Ok(Transport::Grpc),
+            _ => Err(format!("{text:?} is not a transport (framed, grpc)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Framed => "framed",
+            Transport::Grpc => "grpc",
+        })
+    }
+}
+
 /// How to reach and authenticate to the local daemon.
 #[derive(Clone, Debug)]
 pub struct ConnectOptions {
@@ -61,6 +95,8 @@ pub struct ConnectOptions {
     pub key: ClusterKey,
     /// Shown in the daemon's logs and dumps.
     pub client_name: String,
+    /// Framed (the default) or gRPC.
+    pub transport: Transport,
 }
 
 impl ConnectOptions {
@@ -73,7 +109,7 @@ impl ConnectOptions {
             None => DaemonAddress::Tcp(node.address),
         };
         let key = ClusterKey::load(&config.key_file).map_err(|e| ClientError::Connect(e.to_string()))?;
-        Ok(ConnectOptions { address, key, client_name: client_name.to_string() })
+        Ok(ConnectOptions { address, key, client_name: client_name.to_string(), transport: Transport::default() })
     }
 }
 
@@ -145,20 +181,91 @@ impl Stream for OutboundStream {
     }
 }
 
-/// An authenticated session.
-pub(crate) struct Session {
-    pub tx: UnboundedSender<Outbound>,
-    pub inbound: Streaming<pb::ServerMessage>,
-    pub welcome: pb::Welcome,
+/// The sending side of a session.
+pub(crate) enum Sender {
+    Grpc(UnboundedSender<Outbound>),
+    Framed(Arc<FramedWriter>),
 }
 
-/// Opens a session: challenge, hello with our proof, welcome with the daemon's proof.
+impl Sender {
+    /// Sends a whole message.
+    pub fn message(&self, message: pb::ClientMessage) -> Result<(), ClientError> {
+        match self {
+            Sender::Grpc(tx) => tx.send(Outbound::Message(message)).map_err(|_| ClientError::Disconnected),
+            Sender::Framed(writer) => writer.send(Outbound::Message(message), true),
+        }
+    }
+
+    /// Sends one operation; `idle`: nothing else is in flight, so nothing is to be
+    /// gained by waiting for other operations to share its write.
+    pub fn op(&self, op: pb::Op, idle: bool) -> Result<(), ClientError> {
+        match self {
+            Sender::Grpc(tx) => tx.send(Outbound::Op(op)).map_err(|_| ClientError::Disconnected),
+            Sender::Framed(writer) => writer.send(Outbound::Op(op), idle),
+        }
+    }
+}
+
+/// The receiving side of a session.
+pub(crate) enum Receiver {
+    Grpc(Streaming<pb::ServerMessage>),
+    /// With the writer, closed when the connection ends.
+    Framed(FramedReader, Arc<FramedWriter>),
+}
+
+impl Receiver {
+    /// The next message; `None` when the daemon ended the session.
+    pub async fn message(&mut self) -> Result<Option<pb::ServerMessage>, ClientError> {
+        match self {
+            Receiver::Grpc(inbound) => inbound.message().await.map_err(|status| ClientError::Connect(status.message().to_string())),
+            Receiver::Framed(reader, writer) => {
+                let next = reader.next_message().await.transpose().map_err(|e| ClientError::Protocol(e.to_string()));
+                if !matches!(next, Ok(Some(_))) {
+                    writer.close();
+                }
+                next
+            }
+        }
+    }
+}
+
+/// A task that ends when this handle is dropped.
+pub(crate) struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// An authenticated session.
+pub(crate) struct Session {
+    pub sender: Sender,
+    pub receiver: Receiver,
+    pub welcome: pb::Welcome,
+    /// The framed transport's flusher task.
+    pub flusher: Option<AbortOnDrop>,
+}
+
+/// Opens a session over the chosen transport: challenge, hello with our proof,
+/// welcome with the daemon's proof.
 pub(crate) async fn open_session(options: &ConnectOptions, lockspace: &str, lvb_len: u32, filesystem: bool) -> Result<Session, ClientError> {
-    let mut client = DlmClient::new(channel(&options.address).await?).max_decoding_message_size(crate::MESSAGE_MAX_BYTES);
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let outbound = OutboundStream { rx, held: VecDeque::new() };
-    let mut inbound = client.session(outbound).await.map_err(|s| ClientError::Connect(s.message().to_string()))?.into_inner();
-    let challenge = match next_kind(&mut inbound).await? {
+    let (sender, receiver, flusher) = match options.transport {
+        Transport::Grpc => {
+            let mut client = DlmClient::new(channel(&options.address).await?).max_decoding_message_size(crate::MESSAGE_MAX_BYTES);
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let outbound = OutboundStream { rx, held: VecDeque::new() };
+            let inbound = client.session(outbound).await.map_err(|s| ClientError::Connect(s.message().to_string()))?.into_inner();
+            (Sender::Grpc(tx), Receiver::Grpc(inbound), None)
+        }
+        Transport::Framed => {
+            let (writer, reader, flusher) = super::framed::connect(&options.address).await?;
+            (Sender::Framed(writer.clone()), Receiver::Framed(reader, writer), Some(AbortOnDrop(flusher)))
+        }
+    };
+    // Made first so that a failed handshake stops the flusher.
+    let mut session = Session { sender, receiver, welcome: pb::Welcome::default(), flusher };
+    let challenge = match next_kind(&mut session.receiver).await? {
         pb::server_message::Kind::Challenge(c) => c,
         other => return Err(ClientError::Protocol(format!("expected a challenge, got {other:?}"))),
     };
@@ -172,9 +279,8 @@ pub(crate) async fn open_session(options: &ConnectOptions, lockspace: &str, lvb_
         filesystem,
         ..Default::default()
     };
-    let message = pb::ClientMessage { kind: Some(pb::client_message::Kind::Hello(hello)) };
-    tx.send(Outbound::Message(message)).map_err(|_| ClientError::Disconnected)?;
-    let welcome = match next_kind(&mut inbound).await? {
+    session.sender.message(pb::ClientMessage { kind: Some(pb::client_message::Kind::Hello(hello)) })?;
+    let welcome = match next_kind(&mut session.receiver).await? {
         pb::server_message::Kind::Welcome(w) => w,
         pb::server_message::Kind::Refused(r) => return Err(ClientError::Refused(r.reason)),
         other => return Err(ClientError::Protocol(format!("expected a welcome, got {other:?}"))),
@@ -182,17 +288,17 @@ pub(crate) async fn open_session(options: &ConnectOptions, lockspace: &str, lvb_
     if !options.key.verify(Role::Server, &challenge.cluster_name, &challenge.server_nonce, &client_nonce, &welcome.proof) {
         return Err(ClientError::Refused("the daemon did not prove the cluster key".into()));
     }
-    Ok(Session { tx, inbound, welcome })
+    session.welcome = welcome;
+    Ok(session)
 }
 
 /// The next message's content; a closed stream is `Disconnected`.
-pub(crate) async fn next_kind(inbound: &mut Streaming<pb::ServerMessage>) -> Result<pb::server_message::Kind, ClientError> {
+pub(crate) async fn next_kind(receiver: &mut Receiver) -> Result<pb::server_message::Kind, ClientError> {
     loop {
-        match inbound.message().await {
-            Ok(Some(pb::ServerMessage { kind: Some(kind) })) => return Ok(kind),
-            Ok(Some(_)) => continue,
-            Ok(None) => return Err(ClientError::Disconnected),
-            Err(status) => return Err(ClientError::Connect(status.message().to_string())),
+        match receiver.message().await? {
+            Some(pb::ServerMessage { kind: Some(kind) }) => return Ok(kind),
+            Some(_) => continue,
+            None => return Err(ClientError::Disconnected),
         }
     }
 }
@@ -200,5 +306,5 @@ pub(crate) async fn next_kind(inbound: &mut Streaming<pb::ServerMessage>) -> Res
 /// Reads a key file into options (helper for tools).
 pub fn options_with_key_file(address: DaemonAddress, key_file: &Path, client_name: &str) -> Result<ConnectOptions, ClientError> {
     let key = ClusterKey::load(key_file).map_err(|e| ClientError::Connect(e.to_string()))?;
-    Ok(ConnectOptions { address, key, client_name: client_name.to_string() })
+    Ok(ConnectOptions { address, key, client_name: client_name.to_string(), transport: Transport::default() })
 }

@@ -22,6 +22,7 @@
 
 mod admin;
 mod connect;
+mod framed;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -34,12 +35,12 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 pub use admin::AdminClient;
-pub use connect::{options_with_key_file, ConnectOptions, DaemonAddress};
+pub use connect::{options_with_key_file, ConnectOptions, DaemonAddress, Transport};
 
 use crate::cluster::mastering::{Member, Membership};
 use crate::engine::{Flags, Mode, SbFlags, Status};
 use crate::proto::{self as pb, codes, mode_from_wire, status_from_wire};
-use connect::{open_session, Outbound};
+use connect::{open_session, AbortOnDrop, Sender};
 
 /// Why an operation or session failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -140,14 +141,9 @@ struct Inner {
     membership: Membership,
     slots: Mutex<HashMap<u64, Slot>>,
     next_id: AtomicU64,
-    tx: mpsc::UnboundedSender<Outbound>,
-    reader: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
+    sender: Sender,
+    _reader: AbortOnDrop,
+    _flusher: Option<AbortOnDrop>,
 }
 
 /// A joined lockspace. Cheap to clone; the session ends when the last clone is dropped.
@@ -195,12 +191,12 @@ impl Lockspace {
         let membership = Membership::new(session.welcome.epoch, members)
             .ok_or_else(|| ClientError::Protocol("the daemon sent a membership without weights".into()))?;
         let (blocking_tx, blocking_rx) = mpsc::unbounded_channel();
+        let connect::Session { sender, mut receiver, welcome, flusher } = session;
         let inner = Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
             let weak = weak.clone();
-            let mut inbound = session.inbound;
             let reader = tokio::spawn(async move {
                 loop {
-                    let message = inbound.message().await;
+                    let message = receiver.message().await;
                     let Some(inner) = weak.upgrade() else { return };
                     match message {
                         Ok(Some(pb::ServerMessage { kind: Some(pb::server_message::Kind::Events(batch)) })) => {
@@ -217,12 +213,13 @@ impl Lockspace {
             Inner {
                 name: name.to_string(),
                 lvb_len: join.lvb_len,
-                node_id: session.welcome.node_id,
+                node_id: welcome.node_id,
                 membership,
                 slots: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
-                tx: session.tx,
-                reader,
+                sender,
+                _reader: AbortOnDrop(reader),
+                _flusher: flusher,
             }
         });
         Ok((Lockspace { inner }, blocking_rx))
@@ -253,21 +250,23 @@ impl Lockspace {
         self.inner.membership.master_of(name)
     }
 
-    fn send(&self, op: pb::op::Kind) -> Result<(), ClientError> {
-        self.inner.tx.send(Outbound::Op(pb::Op { kind: Some(op) })).map_err(|_| ClientError::Disconnected)
+    fn send(&self, op: pb::op::Kind, idle: bool) -> Result<(), ClientError> {
+        self.inner.sender.op(pb::Op { kind: Some(op) }, idle)
     }
 
     fn start_op(&self, id: u64, op: pb::op::Kind) -> Result<PendingOp, ClientError> {
         let (tx, rx) = oneshot::channel();
-        {
+        let idle = {
             let mut slots = self.inner.slots.lock();
+            let idle = slots.is_empty();
             let slot = slots.entry(id).or_default();
             if slot.op.is_some() {
                 return Err(ClientError::Op { code: codes::BUSY.into(), detail: "an operation is in flight on this lock".into() });
             }
             slot.op = Some(tx);
-        }
-        if let Err(e) = self.send(op) {
+            idle
+        };
+        if let Err(e) = self.send(op, idle) {
             self.inner.slots.lock().remove(&id);
             return Err(e);
         }
@@ -324,7 +323,7 @@ impl Lockspace {
             }
             slot.cancel = Some(tx);
         }
-        self.send(pb::op::Kind::Cancel(pb::CancelRequest { client_lock_id: lock.0 }))?;
+        self.send(pb::op::Kind::Cancel(pb::CancelRequest { client_lock_id: lock.0 }), false)?;
         Ok(PendingCancel { rx })
     }
 }

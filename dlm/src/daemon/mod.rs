@@ -10,6 +10,7 @@
 //! - Every peer message carries the membership epoch; a different epoch is refused.
 //! - A lockspace's mutex is held only for engine steps and routing, never across await.
 
+mod framed;
 mod lockspace;
 mod peer;
 mod query;

@@ -1,6 +1,9 @@
-//! A client session: the server side of one `Dlm.Session` stream.
+//! A client session: the server side of one client connection, whatever its
+//! transport. [`Session`] is the state machine (handshake, operations, events);
+//! [`SessionStream`] drives it over a transport's source of client messages:
+//! the `Dlm.Session` gRPC stream, or a framed connection (`framed.rs`).
 //!
-//! The response stream does all the work when polled (see `responder.rs`).
+//! The work happens when the answer stream is polled (see `responder.rs`).
 //!
 //! Invariants:
 //! - Nothing but a Hello with a valid proof is accepted before Welcome.
@@ -24,6 +27,7 @@ use super::responder::{hello_deadline, hello_overdue, poll_answer, Responder, BA
 use super::{query, Daemon, Holder, HolderOp, Lockspace};
 use crate::cluster::auth::{nonce, Role};
 use crate::engine::{Flags, ResourceName};
+use crate::proto::framing::FrameError;
 use crate::proto::{self as pb, check_lvb, check_mode, check_name, codes, failed_event, op_lock_id, set_event_lock_id, WireError};
 
 struct Joined {
@@ -41,10 +45,9 @@ enum Phase {
     Joined(Box<Joined>),
 }
 
-/// The response stream of a session.
-pub struct SessionStream {
+/// The state of one client session.
+pub struct Session {
     daemon: Arc<Daemon>,
-    inbound: Streaming<pb::ClientMessage>,
     server_nonce: Vec<u8>,
     phase: Phase,
     outbox: VecDeque<pb::ServerMessage>,
@@ -55,19 +58,50 @@ pub struct SessionStream {
     hello_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
+/// Where a session's client messages come from: a transport.
+pub trait ClientSource {
+    /// The next message, `None` at the end; `Err` when the input is malformed
+    /// ([`FrameError::is_malformed`]: answered with a refusal) or the connection failed.
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<pb::ClientMessage, FrameError>>>;
+}
+
+impl ClientSource for Streaming<pb::ClientMessage> {
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<pb::ClientMessage, FrameError>>> {
+        // gRPC ends the stream on bad input itself: every error is the connection's.
+        Pin::new(self).poll_next(cx).map(|next| next.map(|r| r.map_err(|status| FrameError::Io(status.to_string()))))
+    }
+}
+
+/// A session driven over the transport `I`; its answers are polled as a stream.
+pub struct SessionStream<I> {
+    session: Session,
+    inbound: I,
+}
+
 fn server_message(kind: pb::server_message::Kind) -> pb::ServerMessage {
     pb::ServerMessage { kind: Some(kind) }
 }
 
-impl SessionStream {
+impl<I: ClientSource> SessionStream<I> {
+    /// A new session reading from `inbound`; its first answer is the challenge.
+    pub fn new(daemon: Arc<Daemon>, inbound: I, peer: String) -> SessionStream<I> {
+        SessionStream { session: Session::new(daemon, peer), inbound }
+    }
+
+    /// The transport.
+    pub fn inbound_mut(&mut self) -> &mut I {
+        &mut self.inbound
+    }
+}
+
+impl Session {
     /// A new session; its first message is the challenge.
-    pub fn new(daemon: Arc<Daemon>, inbound: Streaming<pb::ClientMessage>, peer: String) -> SessionStream {
+    fn new(daemon: Arc<Daemon>, peer: String) -> Session {
         let server_nonce = nonce();
         let timeout_ms = daemon.config.limits.hello_timeout_ms;
         let challenge = pb::Challenge { server_nonce: server_nonce.clone(), cluster_name: daemon.config.cluster_name.clone(), node_id: daemon.node_id };
-        SessionStream {
+        Session {
             daemon,
-            inbound,
             server_nonce,
             phase: Phase::Hello,
             outbox: VecDeque::from([server_message(pb::server_message::Kind::Challenge(challenge))]),
@@ -268,62 +302,70 @@ impl Joined {
     }
 }
 
-impl Responder for SessionStream {
+impl<I: ClientSource> Responder for SessionStream<I> {
     type Inbound = pb::ClientMessage;
     type Outbound = pb::ServerMessage;
 
     fn poll_inbound(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<pb::ClientMessage, tonic::Status>>> {
-        if matches!(self.phase, Phase::Hello) && hello_overdue(&mut self.hello_deadline, cx) {
-            self.refuse("no hello in time");
+        let session = &mut self.session;
+        if matches!(session.phase, Phase::Hello) && hello_overdue(&mut session.hello_deadline, cx) {
+            session.refuse("no hello in time");
             return Poll::Pending;
         }
-        Pin::new(&mut self.inbound).poll_next(cx)
+        match self.inbound.poll_message(cx) {
+            Poll::Ready(Some(Err(error))) if error.is_malformed() => {
+                session.refuse(&error.to_string());
+                Poll::Pending
+            }
+            other => other.map(|next| next.map(|r| r.map_err(|e| tonic::Status::unavailable(e.to_string())))),
+        }
     }
 
     fn handle(&mut self, message: pb::ClientMessage) {
-        SessionStream::handle(self, message);
+        self.session.handle(message);
     }
 
     fn drain_events(&mut self, cx: &mut Context<'_>) -> usize {
-        if let Phase::Joined(joined) = &mut self.phase {
-            while self.events.len() < BATCH_MAX {
+        let session = &mut self.session;
+        if let Phase::Joined(joined) = &mut session.phase {
+            while session.events.len() < BATCH_MAX {
                 match joined.events.poll_recv(cx) {
                     Poll::Ready(Some(event)) => {
                         joined.observe(&event);
-                        self.events.push(event);
+                        session.events.push(event);
                     }
                     _ => break,
                 }
             }
         }
-        self.events.len()
+        session.events.len()
     }
 
     fn next_single(&mut self) -> Option<pb::ServerMessage> {
-        self.outbox.pop_front()
+        self.session.outbox.pop_front()
     }
 
     fn take_batch(&mut self) -> Option<pb::ServerMessage> {
-        if self.events.is_empty() {
+        if self.session.events.is_empty() {
             return None;
         }
-        let events = std::mem::take(&mut self.events);
+        let events = std::mem::take(&mut self.session.events);
         Some(server_message(pb::server_message::Kind::Events(pb::EventBatch { events })))
     }
 
     fn done(&self) -> bool {
-        self.done
+        self.session.done
     }
 
     fn finish(&mut self, why: Option<tonic::Status>) {
         if let Some(status) = why {
-            tracing::debug!(peer = %self.peer, %status, "session stream error");
+            tracing::debug!(peer = %self.session.peer, %status, "session connection error");
         }
-        self.done = true;
+        self.session.done = true;
     }
 }
 
-impl Stream for SessionStream {
+impl<I: ClientSource + Unpin> Stream for SessionStream<I> {
     type Item = Result<pb::ServerMessage, tonic::Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -331,7 +373,7 @@ impl Stream for SessionStream {
     }
 }
 
-impl Drop for SessionStream {
+impl Drop for Session {
     fn drop(&mut self) {
         let phase = std::mem::replace(&mut self.phase, Phase::Hello);
         match phase {

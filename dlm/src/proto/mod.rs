@@ -6,6 +6,8 @@ mod generated {
     tonic::include_proto!("rgfs.dlm.v1");
 }
 mod convert;
+pub mod framing;
+pub mod socket;
 
 pub use convert::*;
 pub use generated::*;

@@ -2,6 +2,8 @@
 //! ports picked at start, a fresh cluster key and configuration in a temporary
 //! directory, and every process killed when the `Cluster` is dropped (also when a
 //! test panics). Node 1 serves local clients on a unix socket, the others on TCP.
+//! A cluster's clients (library, CLI, raw sessions) use the transport it was
+//! started with, so each test runs over both (`over_both_transports!`).
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -10,8 +12,34 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use rgfs_dlm::client::{AdminClient, BlockingEvents, ConnectOptions, JoinOptions, Lockspace};
+use rgfs_dlm::client::{AdminClient, BlockingEvents, ConnectOptions, DaemonAddress, JoinOptions, Lockspace, Transport};
 use rgfs_dlm::cluster::config::Config;
+use rgfs_dlm::proto::framing::{self, FrameReader};
+use rgfs_dlm::proto as pb;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+/// Runs each named `async fn(Transport)` as two tests, `framed::NAME` and `grpc::NAME`.
+#[macro_export]
+macro_rules! over_both_transports {
+    ($($name:ident),* $(,)?) => {
+        mod framed {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(rgfs_dlm::client::Transport::Framed).await
+                }
+            )*
+        }
+        mod grpc {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(rgfs_dlm::client::Transport::Grpc).await
+                }
+            )*
+        }
+    };
+}
 
 /// Generous bound for waiting on any event on a loaded 2-core machine.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -41,6 +69,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub config: Config,
+    /// What the cluster's clients use.
+    pub transport: Transport,
     daemons: Vec<Child>,
 }
 
@@ -60,14 +90,14 @@ fn free_ports(count: usize) -> Vec<u16> {
 
 impl Cluster {
     /// Starts three daemons and waits until each reports ready.
-    pub fn start() -> Cluster {
-        Cluster::start_with("")
+    pub fn start(transport: Transport) -> Cluster {
+        Cluster::start_with(transport, "")
     }
 
     /// Like [`Cluster::start`], with `extra` appended to the configuration file.
-    pub fn start_with(extra: &str) -> Cluster {
+    pub fn start_with(transport: Transport, extra: &str) -> Cluster {
         for attempt in 0..5 {
-            match Cluster::try_start(extra) {
+            match Cluster::try_start(transport, extra) {
                 Ok(cluster) => return cluster,
                 Err(e) => eprintln!("cluster start attempt {attempt} failed: {e}"),
             }
@@ -75,7 +105,7 @@ impl Cluster {
         panic!("could not start a cluster");
     }
 
-    fn try_start(extra: &str) -> Result<Cluster, String> {
+    fn try_start(transport: Transport, extra: &str) -> Result<Cluster, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let key: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
         std::fs::write(dir.path().join("authkey"), key).map_err(|e| e.to_string())?;
@@ -91,7 +121,7 @@ impl Cluster {
         let config_path = dir.path().join("dlm.toml");
         std::fs::write(&config_path, &text).map_err(|e| e.to_string())?;
         let config = Config::load(&config_path).map_err(|e| e.to_string())?;
-        let mut cluster = Cluster { dir, config_path, config, daemons: Vec::new() };
+        let mut cluster = Cluster { dir, config_path, config, transport, daemons: Vec::new() };
         let (ready_tx, ready_rx) = mpsc::channel();
         for node in 1..=3u32 {
             let log = std::fs::File::create(cluster.dir.path().join(format!("n{node}.log"))).map_err(|e| e.to_string())?;
@@ -137,7 +167,9 @@ impl Cluster {
 
     /// Connection options for a client of `node`.
     pub fn options(&self, node: u32) -> ConnectOptions {
-        ConnectOptions::from_config(&self.config, node, &format!("test client of n{node}")).expect("options")
+        let mut options = ConnectOptions::from_config(&self.config, node, &format!("test client of n{node}")).expect("options");
+        options.transport = self.transport;
+        options
     }
 
     /// A client of `node` joined to `lockspace`.
@@ -154,6 +186,7 @@ impl Cluster {
     pub fn cli(&self, node: u32) -> Command {
         let mut command = Command::new(CLI);
         command.arg("--config").arg(&self.config_path).arg("--node-id").arg(node.to_string());
+        command.arg("--transport").arg(self.transport.to_string());
         command
     }
 
@@ -173,4 +206,109 @@ impl Cluster {
         })
         .await
     }
+}
+
+type BoxedRead = Box<dyn AsyncRead + Send + Unpin>;
+type BoxedWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A hand-driven client session, to send what the library never would.
+pub enum RawSession {
+    Grpc { tx: tokio::sync::mpsc::UnboundedSender<pb::ClientMessage>, inbound: tonic::Streaming<pb::ServerMessage> },
+    Framed { reader: FrameReader<BoxedRead, pb::ServerMessage>, writer: BoxedWrite },
+}
+
+impl RawSession {
+    /// A new session with the daemon of `node` (its client address) over the cluster's
+    /// transport; gRPC sessions go to its TCP address.
+    pub async fn open(cluster: &Cluster, node: u32) -> RawSession {
+        match cluster.transport {
+            Transport::Grpc => {
+                let address = cluster.config.node(node).unwrap().address;
+                let mut raw = pb::dlm_client::DlmClient::connect(format!("http://{address}")).await.unwrap();
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let inbound = raw.session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await.unwrap().into_inner();
+                RawSession::Grpc { tx, inbound }
+            }
+            Transport::Framed => {
+                let mut session = RawSession::connect_framed(&cluster.options(node).address).await;
+                session.write_bytes(framing::PREFACE).await.expect("preface");
+                session
+            }
+        }
+    }
+
+    /// A framed connection to `address` that has sent nothing yet.
+    pub async fn connect_framed(address: &DaemonAddress) -> RawSession {
+        let (reader, writer): (BoxedRead, BoxedWrite) = match address {
+            DaemonAddress::Tcp(a) => {
+                let (r, w) = tokio::net::TcpStream::connect(a).await.unwrap().into_split();
+                (Box::new(r), Box::new(w))
+            }
+            DaemonAddress::Unix(p) => {
+                let (r, w) = tokio::net::UnixStream::connect(p).await.unwrap().into_split();
+                (Box::new(r), Box::new(w))
+            }
+        };
+        RawSession::Framed { reader: FrameReader::new(reader), writer }
+    }
+
+    /// Sends a message (errors: the daemon closed the connection).
+    pub async fn send(&mut self, message: pb::ClientMessage) -> Result<(), String> {
+        match self {
+            RawSession::Grpc { tx, .. } => tx.send(message).map_err(|e| e.to_string()),
+            RawSession::Framed { .. } => {
+                let mut frame = bytes::BytesMut::new();
+                framing::encode_frame(&mut framing::codec(), &message, &mut frame).unwrap();
+                self.write_bytes(&frame).await
+            }
+        }
+    }
+
+    /// Writes raw bytes on a framed connection.
+    pub async fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let RawSession::Framed { writer, .. } = self else { panic!("raw bytes on a gRPC session") };
+        writer.write_all(bytes).await.map_err(|e| e.to_string())
+    }
+
+    /// Ends our side of a framed connection (the daemon sees the end of input).
+    pub async fn shutdown(&mut self) {
+        let RawSession::Framed { writer, .. } = self else { panic!("not framed") };
+        let _ = writer.shutdown().await;
+    }
+
+    /// The next message, or `None` once the daemon ended the session (bounded by
+    /// [`EVENT_TIMEOUT`]).
+    pub async fn recv(&mut self) -> Option<pb::ServerMessage> {
+        within("a message from the daemon", async {
+            match self {
+                RawSession::Grpc { inbound, .. } => inbound.message().await.ok().flatten(),
+                RawSession::Framed { reader, .. } => reader.next_message().await.and_then(Result::ok),
+            }
+        })
+        .await
+    }
+
+    /// The next message's content (panics at the end of the session).
+    pub async fn recv_kind(&mut self) -> pb::server_message::Kind {
+        self.recv().await.and_then(|m| m.kind).expect("a message")
+    }
+}
+
+/// A raw session with `node` that has joined `lockspace` with the cluster key.
+pub async fn authenticated(cluster: &Cluster, node: u32, lockspace: &str) -> RawSession {
+    let key = rgfs_dlm::cluster::auth::ClusterKey::load(&cluster.config.key_file).unwrap();
+    let mut raw = RawSession::open(cluster, node).await;
+    let pb::server_message::Kind::Challenge(challenge) = raw.recv_kind().await else { panic!("no challenge") };
+    let client_nonce = rgfs_dlm::cluster::auth::nonce();
+    let hello = pb::Hello {
+        proof: key.prove(rgfs_dlm::cluster::auth::Role::Client, &challenge.cluster_name, &challenge.server_nonce, &client_nonce),
+        client_nonce,
+        lockspace: lockspace.into(),
+        lvb_len: 32,
+        ..Default::default()
+    };
+    raw.send(pb::ClientMessage { kind: Some(pb::client_message::Kind::Hello(hello)) }).await.unwrap();
+    let welcome = raw.recv_kind().await;
+    assert!(matches!(welcome, pb::server_message::Kind::Welcome(_)), "{welcome:?}");
+    raw
 }

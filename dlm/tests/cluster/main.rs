@@ -1,6 +1,9 @@
 //! Multi-process tests: three real `rgfs-dlmd` daemons on 127.0.0.1 and real clients
-//! (the client library, the `rgfs-dlm` CLI, and a raw gRPC client for bad input).
+//! (the client library, the `rgfs-dlm` CLI, and raw sessions for bad input). Every
+//! test runs over both client transports (`framed::*`, `grpc::*`); `framed_only.rs`
+//! has what only the framed transport can be sent.
 
+mod framed_only;
 mod harness;
 
 use std::io::{BufRead, BufReader};
@@ -8,18 +11,17 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use harness::{within, Cluster};
-use rgfs_dlm::client::{ClientError, ConnectOptions, JoinOptions, Lockspace};
-use rgfs_dlm::cluster::auth::{nonce, ClusterKey, Role};
+use harness::{within, Cluster, RawSession};
+use rgfs_dlm::client::{ClientError, ConnectOptions, JoinOptions, Lockspace, Transport};
+use rgfs_dlm::cluster::auth::ClusterKey;
 use rgfs_dlm::engine::{Flags, Mode, SbFlags, Status};
 use rgfs_dlm::proto as pb;
 
 /// §A.2 EX excludes everything: many clients on all nodes increment a counter kept
 /// in a file, read-modify-write under an EX lock; no two are ever inside together and
 /// no increment is lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ex_holders_never_overlap() {
-    let cluster = Cluster::start();
+async fn ex_holders_never_overlap(transport: Transport) {
+    let cluster = Cluster::start(transport);
     let counter_path = cluster.dir.path().join("counter");
     std::fs::write(&counter_path, "0").unwrap();
     let inside = Arc::new(AtomicU32::new(0));
@@ -52,9 +54,8 @@ async fn ex_holders_never_overlap() {
 
 /// §A.6 A holder gets a blocking callback carrying the mode of the request that
 /// waits behind it; when it lets go, the waiter is granted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn holder_receives_blocking_callback_when_a_conflicting_request_waits() {
-    let cluster = Cluster::start();
+async fn holder_receives_blocking_callback_when_a_conflicting_request_waits(transport: Transport) {
+    let cluster = Cluster::start(transport);
     let (holder, mut blocking) = cluster.join(1, "bast").await;
     let (waiter, _) = cluster.join(2, "bast").await;
     let (lock, granted) = holder.lock(b"shared file", Mode::EX, Flags::NONE).await.unwrap();
@@ -70,9 +71,8 @@ async fn holder_receives_blocking_callback_when_a_conflicting_request_waits() {
 
 /// §A.5 The LVB written by a down-conversion from EX is what the next
 /// up-conversion reads, on the writer's node and on another node.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lvb_written_on_down_conversion_is_read_by_the_next_up_conversion() {
-    let cluster = Cluster::start();
+async fn lvb_written_on_down_conversion_is_read_by_the_next_up_conversion(transport: Transport) {
+    let cluster = Cluster::start(transport);
     let (writer, _) = cluster.join(2, "lvb").await;
     let (reader, _) = cluster.join(3, "lvb").await;
     let (lock, first) = writer.lock(b"rgrp 7", Mode::EX, Flags::VALBLK).await.unwrap();
@@ -89,9 +89,8 @@ async fn lvb_written_on_down_conversion_is_read_by_the_next_up_conversion() {
 
 /// §A.4 NOQUEUE is refused while a conflicting lock is held, through the library
 /// and through `rgfs-dlm lock --noqueue` (exit code 3); granted once it is released.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn noqueue_is_refused_while_a_conflicting_lock_is_held() {
-    let cluster = Cluster::start();
+async fn noqueue_is_refused_while_a_conflicting_lock_is_held(transport: Transport) {
+    let cluster = Cluster::start(transport);
     let (holder, _) = cluster.join(1, "try").await;
     let (other, _) = cluster.join(3, "try").await;
     let (lock, _) = holder.lock(b"journal 0", Mode::EX, Flags::NONE).await.unwrap();
@@ -117,9 +116,8 @@ async fn noqueue_is_refused_while_a_conflicting_lock_is_held() {
 
 /// §A.3 Waiters are granted in the order their requests reached the master, across
 /// clients on different nodes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiters_are_granted_in_fifo_order() {
-    let cluster = Cluster::start();
+async fn waiters_are_granted_in_fifo_order(transport: Transport) {
+    let cluster = Cluster::start(transport);
     let name = b"directory 1";
     let (holder, _) = cluster.join(1, "fifo").await;
     let master = holder.master_of(name);
@@ -152,9 +150,8 @@ async fn waiters_are_granted_in_fifo_order() {
 
 /// §A.7 Two PR holders converting to EX: the second conversion is refused with a
 /// deadlock and keeps PR; with CONVDEADLK it is demoted to NL and goes through.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conversion_deadlock_is_detected() {
-    let cluster = Cluster::start();
+async fn conversion_deadlock_is_detected(transport: Transport) {
+    let cluster = Cluster::start(transport);
     let (a, _) = cluster.join(1, "deadlock").await;
     let (b, mut b_blocking) = cluster.join(2, "deadlock").await;
     let (lock_a, _) = a.lock(b"inode 9", Mode::PR, Flags::NONE).await.unwrap();
@@ -176,9 +173,8 @@ async fn conversion_deadlock_is_detected() {
 
 /// §A.8 Resources are mastered on each of the three daemons, each where the
 /// mastering function says.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resources_are_mastered_on_each_daemon() {
-    let cluster = Cluster::start();
+async fn resources_are_mastered_on_each_daemon(transport: Transport) {
+    let cluster = Cluster::start(transport);
     let (ls, _) = cluster.join(1, "spread").await;
     let names: Vec<Vec<u8>> = (0..60).map(|i| format!("inode {i}").into_bytes()).collect();
     for name in &names {
@@ -198,44 +194,45 @@ async fn resources_are_mastered_on_each_daemon() {
     assert_eq!(seen, names.len());
 }
 
-/// A client killed with SIGKILL loses its locks and the waiters behind them are granted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_client_releases_its_locks_and_waiters_are_granted() {
-    let cluster = Cluster::start();
-    let mut child = harness::KillOnDrop(
-        cluster
-            .cli(2)
-            .args(["lock", "killed", "journal 3", "EX", "--hold-ms", "600000"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let child = &mut child.0;
-    let (line_tx, mut line_rx) = tokio::sync::mpsc::unbounded_channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = line_tx.send(line);
-        }
-    });
-    assert_eq!(within("the CLI's grant", line_rx.recv()).await.as_deref(), Some("granted journal 3 EX"));
-    let (waiter, _) = cluster.join(3, "killed").await;
-    let pending = waiter.request(b"journal 3", Mode::EX, Flags::NONE).unwrap();
-    assert_eq!(within("the CLI's blocking callback", line_rx.recv()).await.as_deref(), Some("blocking journal 3 EX"));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let granted = within("the waiter's grant", pending).await.unwrap();
-    assert_eq!((granted.status, granted.mode), (Status::Granted, Some(Mode::EX)));
-    let status = cluster.admin(2).await.status().await.unwrap();
-    let counters = &status.lockspaces.iter().find(|l| l.name == "killed").unwrap().counters;
-    assert_eq!(counters.iter().find(|c| c.name == "purged").map(|c| c.value), Some(1));
+/// A client killed with SIGKILL loses its locks and the waiters behind them are
+/// granted: a client of the unix socket (node 1) and one of TCP (node 2).
+async fn killed_client_releases_its_locks_and_waiters_are_granted(transport: Transport) {
+    let cluster = Cluster::start(transport);
+    for (node, lockspace) in [(1, "killed-unix"), (2, "killed-tcp")] {
+        let mut child = harness::KillOnDrop(
+            cluster
+                .cli(node)
+                .args(["lock", lockspace, "journal 3", "EX", "--hold-ms", "600000"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let child = &mut child.0;
+        let (line_tx, mut line_rx) = tokio::sync::mpsc::unbounded_channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = line_tx.send(line);
+            }
+        });
+        assert_eq!(within("the CLI's grant", line_rx.recv()).await.as_deref(), Some("granted journal 3 EX"));
+        let (waiter, _) = cluster.join(3, lockspace).await;
+        let pending = waiter.request(b"journal 3", Mode::EX, Flags::NONE).unwrap();
+        assert_eq!(within("the CLI's blocking callback", line_rx.recv()).await.as_deref(), Some("blocking journal 3 EX"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let granted = within("the waiter's grant", pending).await.unwrap();
+        assert_eq!((granted.status, granted.mode), (Status::Granted, Some(Mode::EX)));
+        let status = cluster.admin(node).await.status().await.unwrap();
+        let counters = &status.lockspaces.iter().find(|l| l.name == lockspace).unwrap().counters;
+        assert_eq!(counters.iter().find(|c| c.name == "purged").map(|c| c.value), Some(1), "node {node}");
+    }
 }
 
 /// A client with the wrong key is refused before anything else and counted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_with_the_wrong_key_is_refused() {
-    let cluster = Cluster::start();
+async fn client_with_the_wrong_key_is_refused(transport: Transport) {
+    let cluster = Cluster::start(transport);
     let mut options: ConnectOptions = cluster.options(2);
     options.key = ClusterKey::new(vec![42; 32]).unwrap();
     let refused = within("the refusal", Lockspace::join(&options, "secure", JoinOptions::default())).await;
@@ -247,36 +244,18 @@ async fn client_with_the_wrong_key_is_refused() {
 
 /// Malformed and out-of-order messages are answered with errors and the daemon keeps
 /// serving everyone, the misbehaving client included.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_is_answered_with_errors_and_the_daemon_keeps_serving() {
-    let cluster = Cluster::start();
-    let address = cluster.config.node(3).unwrap().address;
-    let key = ClusterKey::load(&cluster.config.key_file).unwrap();
-    let mut raw = pb::dlm_client::DlmClient::connect(format!("http://{address}")).await.unwrap();
+async fn bad_input_is_answered_with_errors_and_the_daemon_keeps_serving(transport: Transport) {
+    let cluster = Cluster::start(transport);
 
     // A session whose first message is not a hello is refused.
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut inbound = raw.session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await.unwrap().into_inner();
-    let _challenge = inbound.message().await.unwrap().unwrap();
-    tx.send(ops_message(vec![])).unwrap();
-    let refused = within("the refusal", inbound.message()).await.unwrap().unwrap();
-    assert!(matches!(refused.kind, Some(pb::server_message::Kind::Refused(_))), "{refused:?}");
+    let mut raw = RawSession::open(&cluster, 3).await;
+    assert!(matches!(raw.recv_kind().await, pb::server_message::Kind::Challenge(_)));
+    raw.send(ops_message(vec![])).await.unwrap();
+    let refused = raw.recv_kind().await;
+    assert!(matches!(refused, pb::server_message::Kind::Refused(_)), "{refused:?}");
 
     // An authenticated session sending garbage gets one error per operation.
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut inbound = raw.session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await.unwrap().into_inner();
-    let Some(pb::server_message::Kind::Challenge(challenge)) = inbound.message().await.unwrap().unwrap().kind else { panic!("no challenge") };
-    let client_nonce = nonce();
-    let hello = pb::Hello {
-        proof: key.prove(Role::Client, "test", &challenge.server_nonce, &client_nonce),
-        client_nonce,
-        lockspace: "bad".into(),
-        lvb_len: 32,
-        ..Default::default()
-    };
-    tx.send(pb::ClientMessage { kind: Some(pb::client_message::Kind::Hello(hello)) }).unwrap();
-    let welcome = inbound.message().await.unwrap().unwrap();
-    assert!(matches!(welcome.kind, Some(pb::server_message::Kind::Welcome(_))), "{welcome:?}");
+    let mut raw = harness::authenticated(&cluster, 3, "bad").await;
     let request_with = |id: u64, name: &[u8], mode: i32, flags: u32| pb::Op {
         kind: Some(pb::op::Kind::Request(pb::LockRequest { client_lock_id: id, name: name.to_vec(), mode, flags, lvb: vec![] })),
     };
@@ -292,11 +271,11 @@ async fn bad_input_is_answered_with_errors_and_the_daemon_keeps_serving() {
         request_with(5, b"ok2", 5, 0x8000_0000),
         pb::Op { kind: None },
     ];
-    tx.send(ops_message(bad)).unwrap();
+    raw.send(ops_message(bad)).await.unwrap();
     let mut failures = std::collections::BTreeMap::new();
     let mut grants = 0;
     while failures.len() < 8 || grants < 1 {
-        let Some(pb::server_message::Kind::Events(batch)) = within("the answers", inbound.message()).await.unwrap().unwrap().kind else { continue };
+        let pb::server_message::Kind::Events(batch) = raw.recv_kind().await else { continue };
         for event in batch.events {
             match event.kind {
                 Some(pb::event::Kind::Failed(f)) => {
@@ -321,9 +300,9 @@ async fn bad_input_is_answered_with_errors_and_the_daemon_keeps_serving() {
     let (ls, _) = cluster.join(3, "bad").await;
     let (_, granted) = ls.lock(b"after the garbage", Mode::EX, Flags::NONE).await.unwrap();
     assert_eq!(granted.status, Status::Granted);
-    tx.send(ops_message(vec![request(6, b"still here", 3)])).unwrap();
+    raw.send(ops_message(vec![request(6, b"still here", 3)])).await.unwrap();
     loop {
-        let Some(pb::server_message::Kind::Events(batch)) = within("the grant", inbound.message()).await.unwrap().unwrap().kind else { continue };
+        let pb::server_message::Kind::Events(batch) = raw.recv_kind().await else { continue };
         if batch.events.iter().any(|e| matches!(&e.kind, Some(pb::event::Kind::Completion(c)) if c.client_lock_id == 6)) {
             break;
         }
@@ -332,9 +311,8 @@ async fn bad_input_is_answered_with_errors_and_the_daemon_keeps_serving() {
 
 /// A dead master does not stop the others: its resources fail as `unreachable`
 /// (until the recovery issue remasters them), everything else keeps working.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_master_fails_its_operations_and_the_rest_keeps_working() {
-    let mut cluster = Cluster::start();
+async fn a_dead_master_fails_its_operations_and_the_rest_keeps_working(transport: Transport) {
+    let mut cluster = Cluster::start(transport);
     let (ls, _) = cluster.join(1, "dead").await;
     let name_on = |node: u32| (0..).map(|i| format!("inode {i}").into_bytes()).find(|n| ls.master_of(n) == node).unwrap();
     let (held, _) = ls.lock(&name_on(3), Mode::EX, Flags::NONE).await.unwrap();
@@ -360,9 +338,8 @@ async fn a_dead_master_fails_its_operations_and_the_rest_keeps_working() {
 /// §A.3 Cancel through the library: a waiting request completes with `Cancelled`
 /// and its cancel reports `true`; cancelling a granted lock reports `false`. The
 /// counters of `rgfs-dlm status` show what happened.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_and_status_counters() {
-    let cluster = Cluster::start();
+async fn cancel_and_status_counters(transport: Transport) {
+    let cluster = Cluster::start(transport);
     let (holder, _) = cluster.join(2, "cancel").await;
     let (waiter, _) = cluster.join(1, "cancel").await;
     let (lock, _) = holder.lock(b"rename lock", Mode::EX, Flags::NONE).await.unwrap();
@@ -388,21 +365,32 @@ async fn cancel_and_status_counters() {
 }
 
 /// A stream that never says hello is refused after `hello_timeout_ms`, and counted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_connection_is_refused_after_the_hello_timeout() {
-    let cluster = Cluster::start_with("[limits]\nhello_timeout_ms = 300\n");
-    let address = cluster.config.node(2).unwrap().address;
-    let mut raw = pb::dlm_client::DlmClient::connect(format!("http://{address}")).await.unwrap();
-    let (_tx, rx) = tokio::sync::mpsc::unbounded_channel::<pb::ClientMessage>();
-    let mut inbound = raw.session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await.unwrap().into_inner();
-    let challenge = inbound.message().await.unwrap().unwrap();
-    assert!(matches!(challenge.kind, Some(pb::server_message::Kind::Challenge(_))));
-    let refused = within("the refusal", inbound.message()).await.unwrap().unwrap();
-    assert!(matches!(refused.kind, Some(pb::server_message::Kind::Refused(ref r)) if r.reason.contains("hello")), "{refused:?}");
-    assert!(within("the end of the stream", inbound.message()).await.unwrap().is_none());
+async fn a_silent_connection_is_refused_after_the_hello_timeout(transport: Transport) {
+    let cluster = Cluster::start_with(transport, "[limits]\nhello_timeout_ms = 300\n");
+    let mut raw = RawSession::open(&cluster, 2).await;
+    assert!(matches!(raw.recv_kind().await, pb::server_message::Kind::Challenge(_)));
+    let refused = raw.recv_kind().await;
+    assert!(matches!(refused, pb::server_message::Kind::Refused(ref r) if r.reason.contains("hello")), "{refused:?}");
+    assert!(raw.recv().await.is_none());
     assert_eq!(cluster.admin(2).await.status().await.unwrap().refused_connections, 1);
 }
 
-fn ops_message(ops: Vec<pb::Op>) -> pb::ClientMessage {
+pub fn ops_message(ops: Vec<pb::Op>) -> pb::ClientMessage {
     pb::ClientMessage { kind: Some(pb::client_message::Kind::Ops(pb::OpBatch { ops })) }
 }
+
+over_both_transports!(
+    ex_holders_never_overlap,
+    holder_receives_blocking_callback_when_a_conflicting_request_waits,
+    lvb_written_on_down_conversion_is_read_by_the_next_up_conversion,
+    noqueue_is_refused_while_a_conflicting_lock_is_held,
+    waiters_are_granted_in_fifo_order,
+    conversion_deadlock_is_detected,
+    resources_are_mastered_on_each_daemon,
+    killed_client_releases_its_locks_and_waiters_are_granted,
+    client_with_the_wrong_key_is_refused,
+    bad_input_is_answered_with_errors_and_the_daemon_keeps_serving,
+    a_dead_master_fails_its_operations_and_the_rest_keeps_working,
+    cancel_and_status_counters,
+    a_silent_connection_is_refused_after_the_hello_timeout,
+);
