@@ -138,6 +138,7 @@ impl FramedWriter {
                 {
                     let mut state = self.state.lock();
                     if state.pack().is_err() || self.write_some(&mut state).is_err() {
+                        state.closed = true;
                         return;
                     }
                     if state.buffer.is_empty() {

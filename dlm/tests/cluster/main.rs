@@ -230,6 +230,22 @@ async fn killed_client_releases_its_locks_and_waiters_are_granted(transport: Tra
     }
 }
 
+/// Dropping the last clone of a `Lockspace` ends its session: the daemon releases
+/// its locks and the waiter behind them is granted (unix socket client, node 1).
+async fn dropping_a_lockspace_releases_its_locks(transport: Transport) {
+    let cluster = Cluster::start(transport);
+    let (holder, _blocking) = cluster.join(1, "dropped").await;
+    let (_, granted) = holder.lock(b"inode 5", Mode::EX, Flags::NONE).await.unwrap();
+    assert_eq!(granted.status, Status::Granted);
+    let (waiter, _) = cluster.join(2, "dropped").await;
+    let pending = waiter.request(b"inode 5", Mode::EX, Flags::NONE).unwrap();
+    let master = waiter.master_of(b"inode 5");
+    cluster.wait_for_dump(master, "dropped", "the request to wait", |d| d.resources.iter().any(|r| r.waiting.len() == 1)).await;
+    drop(holder);
+    let granted = within("the waiter's grant", pending).await.unwrap();
+    assert_eq!((granted.status, granted.mode), (Status::Granted, Some(Mode::EX)));
+}
+
 /// A client with the wrong key is refused before anything else and counted.
 async fn client_with_the_wrong_key_is_refused(transport: Transport) {
     let cluster = Cluster::start(transport);
@@ -388,6 +404,7 @@ over_both_transports!(
     conversion_deadlock_is_detected,
     resources_are_mastered_on_each_daemon,
     killed_client_releases_its_locks_and_waiters_are_granted,
+    dropping_a_lockspace_releases_its_locks,
     client_with_the_wrong_key_is_refused,
     bad_input_is_answered_with_errors_and_the_daemon_keeps_serving,
     a_dead_master_fails_its_operations_and_the_rest_keeps_working,
