@@ -181,9 +181,8 @@ impl FsCore {
         // (`write_data_deferred`) writes its runs first, then calls
         // `commit_to_reuse_frees` and retries.
         if self.alloc.has_pending_frees() && !self.hold_commits {
-            // Make the frees durable, then they may be reused.
+            // A synced commit makes the frees durable and releases them.
             self.commit(true)?;
-            self.release_frees();
             if let Some(r) = self.alloc.alloc(goal, max_len, state) {
                 self.account_alloc(r.1, state);
                 return Ok(r);
@@ -192,18 +191,14 @@ impl FsCore {
         Err(Error::Errno(libc::ENOSPC))
     }
 
-    /// Makes pending frees durable and reusable. Called with no data write
+    /// Makes pending frees durable and reusable (a synced commit releases
+    /// them), also under `hold_commits`. Called with no data write
     /// outstanding that the current batch's metadata points to.
-    pub(crate) fn commit_to_reuse_frees(&mut self) -> Result<bool> {
-        if !self.alloc.has_pending_frees() {
-            return Ok(false);
-        }
+    pub(crate) fn commit_to_reuse_frees(&mut self) -> Result<()> {
         let held = std::mem::replace(&mut self.hold_commits, false);
         let r = self.commit(true);
         self.hold_commits = held;
-        r?;
-        self.release_frees();
-        Ok(true)
+        r
     }
 
     /// Lets the frees made durable be reused, once no read that planned

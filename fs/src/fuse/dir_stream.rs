@@ -30,10 +30,11 @@ impl DirStream {
     pub fn new(mut list: Vec<DirEntry>) -> DirStream {
         list.sort_by(|a, b| (a.hash, &a.name).cmp(&(b.hash, &b.name)));
         let mut entries: Vec<(u64, DirEntry)> = Vec::with_capacity(list.len());
-        let mut rank = 0u64;
-        for (i, e) in list.into_iter().enumerate() {
+        let (mut prev_run, mut rank) = (None, 0u64);
+        for e in list {
             let run = (e.hash >> 1) as u64;
-            rank = if i > 0 && entries[i - 1].1.hash >> 1 == e.hash >> 1 { (rank + 1).min(MAX_RANK) } else { 0 };
+            rank = if prev_run == Some(run) { (rank + 1).min(MAX_RANK) } else { 0 };
+            prev_run = Some(run);
             entries.push(((run << 32 | rank) + 1, e));
         }
         debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0), "cookies strictly increase");

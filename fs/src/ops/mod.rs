@@ -755,8 +755,7 @@ impl FsCore {
     /// The second half of an fsync: `flushed` is the result of the device
     /// flush the caller issued after `sync_start`.
     pub fn sync_finish(&mut self, ticket: SyncTicket, flushed: Result<()>) -> Result<()> {
-        let flushed = self.guard(flushed);
-        flushed?;
+        self.guard(flushed)?;
         let Some(log) = self.log.as_mut() else { return Ok(()) };
         log.flushed_after(ticket.header);
         // Frees may be reused once their commit is durable; frees made
