@@ -7,7 +7,8 @@
 # Environment: PAIRS (default 20000), DLMD_THREADS (rgfs-dlmd --threads, default 1),
 # TRANSPORTS (client transports, default "framed grpc"; "default" passes no
 # --transport, for builds from before it), PIN=1 to run every server and client on
-# CPU 0 only (taskset), ONLY_RGFS=1 to skip Redis and etcd.
+# CPU 0 only (taskset), ONLY_RGFS=1 to skip Redis and etcd, POLL_US (the
+# configuration's [tuning] poll_us for daemons and clients; default: not set, 200).
 set -euo pipefail
 BIN=${BIN:-$(cd "$(dirname "$0")/../.." && pwd)/target/release}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -15,6 +16,8 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
+# CPU seconds (user + system) a process has used so far.
+cpu_s() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$1/stat"; }
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 head -c 32 /dev/urandom > "$WORK/authkey"
@@ -24,6 +27,7 @@ head -c 32 /dev/urandom > "$WORK/authkey"
     echo "[[node]]"; echo "id = $i"; echo "name = \"n$i\""; echo "address = \"127.0.0.1:$(port)\""
     [ "$i" = 1 ] && echo "client_socket = \"$WORK/n1.sock\""
   done
+  if [ -n "${POLL_US:-}" ]; then echo "[tuning]"; echo "poll_us = $POLL_US"; fi
 } > "$WORK/dlm.toml"
 PIN_CMD=(); [ -n "${PIN:-}" ] && PIN_CMD=(taskset -c 0)
 for i in 1 2 3; do
@@ -40,7 +44,9 @@ for node in 1 2; do
         pairs=$PAIRS; [ "$inflight" = 64 ] && pairs=$((PAIRS * 10))
         echo "# node $node ($( [ $node = 1 ] && echo unix socket || echo TCP )): rgfs-dlm --transport $transport bench bench --pairs $pairs --inflight $inflight --master $master"
         tflag=(--transport "$transport"); [ "$transport" = default ] && tflag=()
+        before=$(cpu_s "${PIDS[$((node - 1))]}")
         "${PIN_CMD[@]}" "$BIN/rgfs-dlm" --config "$WORK/dlm.toml" --node-id "$node" "${tflag[@]}" bench bench --pairs "$pairs" --inflight "$inflight" --master "$master"
+        echo "daemon n$node cpu_s=$(awk -v a="$before" -v b="$(cpu_s "${PIDS[$((node - 1))]}")" 'BEGIN { printf "%.2f", b - a }') (warm-up included)"
       done
     done
   done

@@ -34,6 +34,10 @@ struct Cli {
     /// How to talk to the daemon: framed (length-delimited protobuf, the default) or grpc.
     #[arg(long, global = true, default_value = "framed")]
     transport: Transport,
+    /// Framed transport: microseconds the client polls its socket before it sleeps,
+    /// instead of the configuration's `[tuning] poll_us` (0 = never).
+    #[arg(long, global = true)]
+    poll_us: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -125,6 +129,9 @@ fn main() -> ExitCode {
 fn connect_options(cli: &Cli, client_name: &str) -> Result<ConnectOptions, String> {
     let mut options = connect_options_for_daemon(cli, client_name)?;
     options.transport = cli.transport;
+    if let Some(us) = cli.poll_us {
+        options.poll = std::time::Duration::from_micros(us);
+    }
     Ok(options)
 }
 
@@ -316,9 +323,11 @@ async fn bench(options: &ConnectOptions, lockspace: &str, pairs: u64, inflight: 
         }
     };
     run(warmup.max(inflight as u64)).await?;
+    let cpu_before = process_cpu_s();
     let start = Instant::now();
     let (mut lock_ns, mut unlock_ns) = run(pairs).await?;
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu = process_cpu_s().zip(cpu_before).map(|(after, before)| format!("{:.2}", after - before)).unwrap_or_else(|| "unknown".into());
     let done = lock_ns.len() as f64;
     let mut all_ns: Vec<u64> = lock_ns.iter().chain(unlock_ns.iter()).copied().collect();
     let pct = |v: &mut Vec<u64>, p: f64| {
@@ -332,7 +341,8 @@ async fn bench(options: &ConnectOptions, lockspace: &str, pairs: u64, inflight: 
     };
     println!(
         "bench transport={} lockspace={lockspace} master={master_name} mode={mode} inflight={inflight} pairs={} elapsed_s={elapsed:.3} pairs_per_s={:.0} ops_per_s={:.0} \
-         op_p50_us={:.1} op_p99_us={:.1} lock_p50_us={:.1} lock_p99_us={:.1} unlock_p50_us={:.1} unlock_p99_us={:.1}",
+         op_p50_us={:.1} op_p99_us={:.1} lock_p50_us={:.1} lock_p99_us={:.1} unlock_p50_us={:.1} unlock_p99_us={:.1} \
+         poll_us={} client_cpu_s={cpu}",
         options.transport,
         lock_ns.len(),
         done / elapsed,
@@ -343,8 +353,20 @@ async fn bench(options: &ConnectOptions, lockspace: &str, pairs: u64, inflight: 
         pct(&mut lock_ns, 0.99),
         pct(&mut unlock_ns, 0.5),
         pct(&mut unlock_ns, 0.99),
+        options.poll.as_micros(),
     );
     Ok(())
+}
+
+/// CPU time (user + system) this process has used, in seconds, from /proc (whose
+/// clock ticks are USER_HZ, 100 per second on Linux).
+fn process_cpu_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    // utime and stime: fields 14 and 15 of proc(5), the 12th and 13th here.
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
 }
 
 /// Lock+unlock pairs straight into the engine: what one operation costs the master

@@ -97,6 +97,9 @@ pub struct ConnectOptions {
     pub client_name: String,
     /// Framed (the default) or gRPC.
     pub transport: Transport,
+    /// Framed transport: how long the reader polls the socket before it sleeps
+    /// (the configuration's `[tuning] poll_us`; zero: never).
+    pub poll: Duration,
 }
 
 impl ConnectOptions {
@@ -109,7 +112,7 @@ impl ConnectOptions {
             None => DaemonAddress::Tcp(node.address),
         };
         let key = ClusterKey::load(&config.key_file).map_err(|e| ClientError::Connect(e.to_string()))?;
-        Ok(ConnectOptions { address, key, client_name: client_name.to_string(), transport: Transport::default() })
+        Ok(ConnectOptions { address, key, client_name: client_name.to_string(), transport: Transport::default(), poll: config.tuning.poll() })
     }
 }
 
@@ -259,7 +262,7 @@ pub(crate) async fn open_session(options: &ConnectOptions, lockspace: &str, lvb_
             (Sender::Grpc(tx), Receiver::Grpc(inbound), None)
         }
         Transport::Framed => {
-            let (writer, reader, flusher) = super::framed::connect(&options.address).await?;
+            let (writer, reader, flusher) = super::framed::connect(&options.address, options.poll).await?;
             (Sender::Framed(writer.clone()), Receiver::Framed(reader, writer), Some(AbortOnDrop(flusher)))
         }
     };
@@ -306,5 +309,6 @@ pub(crate) async fn next_kind(receiver: &mut Receiver) -> Result<pb::server_mess
 /// Reads a key file into options (helper for tools).
 pub fn options_with_key_file(address: DaemonAddress, key_file: &Path, client_name: &str) -> Result<ConnectOptions, ClientError> {
     let key = ClusterKey::load(key_file).map_err(|e| ClientError::Connect(e.to_string()))?;
-    Ok(ConnectOptions { address, key, client_name: client_name.to_string(), transport: Transport::default() })
+    let poll = crate::cluster::config::TuningConfig::default().poll();
+    Ok(ConnectOptions { address, key, client_name: client_name.to_string(), transport: Transport::default(), poll })
 }

@@ -51,7 +51,7 @@ pub(crate) struct FramedWriter {
 
 /// Connects, sends the preface, and starts the flusher task; returns the two sides
 /// and the flusher's handle (abort it to close the connection).
-pub(crate) async fn connect(address: &DaemonAddress) -> Result<(Arc<FramedWriter>, FramedReader, tokio::task::JoinHandle<()>), ClientError> {
+pub(crate) async fn connect(address: &DaemonAddress, poll: std::time::Duration) -> Result<(Arc<FramedWriter>, FramedReader, tokio::task::JoinHandle<()>), ClientError> {
     let failed = |e: io::Error| ClientError::Connect(format!("connecting to {address}: {e}"));
     let connecting = async {
         match address {
@@ -59,12 +59,12 @@ pub(crate) async fn connect(address: &DaemonAddress) -> Result<(Arc<FramedWriter
                 let mut stream = tokio::net::TcpStream::connect(addr).await?;
                 stream.set_nodelay(true)?;
                 stream.write_all(framing::PREFACE).await?;
-                QuietSocket::from_tcp(stream)
+                QuietSocket::from_tcp(stream, poll)
             }
             DaemonAddress::Unix(path) => {
                 let mut stream = tokio::net::UnixStream::connect(path).await?;
                 stream.write_all(framing::PREFACE).await?;
-                QuietSocket::from_unix(stream)
+                QuietSocket::from_unix(stream, poll)
             }
         }
     };

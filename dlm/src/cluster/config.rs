@@ -13,6 +13,9 @@
 //!
 //! [limits]                        # optional, defaults shown in docs/dlm.md
 //! max_outstanding_per_session = 4096
+//!
+//! [tuning]                        # optional
+//! poll_us = 200                   # polling before sleeping, daemon and clients; 0 = off
 //! ```
 
 use std::net::SocketAddr;
@@ -79,6 +82,35 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Latency against CPU time.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TuningConfig {
+    /// Longest time a framed connection's reader polls its socket before it sleeps,
+    /// in microseconds, on the daemons and on the clients that read this file; 0 =
+    /// never poll (docs/dlm.md, "Polling before sleeping").
+    pub poll_us: u64,
+}
+
+/// The default polling window, as long as Linux's guest halt-polling allows at
+/// most: it must exceed a round trip between two *sleeping* processes on a VM
+/// (150–200 µs measured), or two peers whose windows closed would never see a gap
+/// short enough to open them again (with 100 µs they did not, docs/BENCHMARKS.md).
+pub const DEFAULT_POLL_US: u64 = 200;
+
+impl Default for TuningConfig {
+    fn default() -> Self {
+        TuningConfig { poll_us: DEFAULT_POLL_US }
+    }
+}
+
+impl TuningConfig {
+    /// The polling window.
+    pub fn poll(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.poll_us)
+    }
+}
+
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +128,9 @@ pub struct Config {
     /// Limits.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Latency against CPU time.
+    #[serde(default)]
+    pub tuning: TuningConfig,
 }
 
 fn default_epoch() -> u64 {

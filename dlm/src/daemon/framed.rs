@@ -37,19 +37,19 @@ impl<R: AsyncRead + Unpin> ClientSource for FrameReader<R, pb::ClientMessage> {
 
 /// A stream socket the daemon listens for: TCP or unix.
 pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// The socket for the framed transport.
-    fn into_quiet(self) -> io::Result<QuietSocket>;
+    /// The socket for the framed transport, polling for up to `poll` before it sleeps.
+    fn into_quiet(self, poll: Duration) -> io::Result<QuietSocket>;
 }
 
 impl Socket for tokio::net::TcpStream {
-    fn into_quiet(self) -> io::Result<QuietSocket> {
-        QuietSocket::from_tcp(self)
+    fn into_quiet(self, poll: Duration) -> io::Result<QuietSocket> {
+        QuietSocket::from_tcp(self, poll)
     }
 }
 
 impl Socket for tokio::net::UnixStream {
-    fn into_quiet(self) -> io::Result<QuietSocket> {
-        QuietSocket::from_unix(self)
+    fn into_quiet(self, poll: Duration) -> io::Result<QuietSocket> {
+        QuietSocket::from_unix(self, poll)
     }
 }
 
@@ -60,7 +60,7 @@ pub async fn sort_connection<S: Socket>(daemon: Arc<Daemon>, mut io: S, peer: St
     let mut first = [0u8; framing::PREFACE_LEN];
     let timeout = Duration::from_millis(daemon.config.limits.hello_timeout_ms);
     match tokio::time::timeout(timeout, io.read_exact(&mut first)).await {
-        Ok(Ok(_)) if &first == framing::PREFACE => match io.into_quiet() {
+        Ok(Ok(_)) if &first == framing::PREFACE => match io.into_quiet(daemon.config.tuning.poll()) {
             Ok(socket) => serve_framed(daemon, socket, format!("{peer} (framed)")).await,
             Err(error) => tracing::warn!(%peer, %error, "framed connection lost"),
         },

@@ -7,6 +7,7 @@ mod generated {
 }
 mod convert;
 pub mod framing;
+pub mod poll_window;
 pub mod socket;
 
 pub use convert::*;

@@ -8,15 +8,26 @@
 //! operation, docs/BENCHMARKS.md). Here writes go straight to the socket; only when
 //! it is full (the other side does not read) is a duplicate of the descriptor
 //! registered for writing, until it drains.
+//!
+//! The reader also polls the socket for a while before it sleeps
+//! ([`PollWindow`](super::poll_window::PollWindow)): while the window is open, an
+//! empty socket is read again directly, the task yielding to the others in between,
+//! so the process (and its vCPU) stays awake for the answer it expects.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+
+use super::poll_window::PollWindow;
 
 /// Registers `file` with the runtime for `interest`.
 fn register(file: File, interest: Interest) -> io::Result<AsyncFd<File>> {
@@ -31,29 +42,59 @@ pub struct QuietSocket {
     write: File,
     /// While the socket is full: a duplicate registered for writing.
     write_wait: Option<AsyncFd<File>>,
+    /// Polling before sleeping; only the reader uses it.
+    poll: Mutex<PollWindow>,
+    /// The origin of the times given to `poll`.
+    clock: Instant,
+    /// CPUs this process may run on (affinity and cgroup quota), read once.
+    cpus: usize,
+    /// Empty reads while polling, to give the CPU away every [`YIELD_EVERY`].
+    spins: AtomicU32,
 }
 
+/// Polling gives the CPU away once in this many empty reads: polling happens only
+/// when no more tasks are runnable than there are CPUs, but the scheduler may still
+/// have put the task we wait for on our CPU (measured: yielding on every read cost
+/// a quarter of the throughput, docs/BENCHMARKS.md).
+const YIELD_EVERY: u32 = 8;
+
 impl QuietSocket {
-    /// Takes over a tokio stream (its descriptor, non-blocking).
-    pub fn from_tcp(stream: tokio::net::TcpStream) -> io::Result<QuietSocket> {
-        QuietSocket::new(OwnedFd::from(stream.into_std()?))
+    /// Takes over a tokio stream (its descriptor, non-blocking); the reader polls
+    /// for up to `poll` before it sleeps (zero: never).
+    pub fn from_tcp(stream: tokio::net::TcpStream, poll: Duration) -> io::Result<QuietSocket> {
+        QuietSocket::new(OwnedFd::from(stream.into_std()?), poll)
     }
 
     /// Takes over a tokio unix stream.
-    pub fn from_unix(stream: tokio::net::UnixStream) -> io::Result<QuietSocket> {
-        QuietSocket::new(OwnedFd::from(stream.into_std()?))
+    pub fn from_unix(stream: tokio::net::UnixStream, poll: Duration) -> io::Result<QuietSocket> {
+        QuietSocket::new(OwnedFd::from(stream.into_std()?), poll)
     }
 
-    fn new(fd: OwnedFd) -> io::Result<QuietSocket> {
+    fn new(fd: OwnedFd, poll: Duration) -> io::Result<QuietSocket> {
         let file = File::from(fd);
         let write = file.try_clone()?;
-        Ok(QuietSocket { read: register(file, Interest::READABLE)?, write, write_wait: None })
+        let poll = Mutex::new(PollWindow::new(u64::try_from(poll.as_nanos()).unwrap_or(u64::MAX)));
+        Ok(QuietSocket { read: register(file, Interest::READABLE)?, write, write_wait: None, poll, clock: Instant::now(), cpus: std::thread::available_parallelism().map_or(1, |n| n.get()), spins: AtomicU32::new(0) })
+    }
+
+    /// Tests: polls whatever the other tasks of the system.
+    #[cfg(test)]
+    fn never_contended(mut self) -> QuietSocket {
+        self.cpus = usize::MAX;
+        self
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Reads what is there, waiting for something if nothing is.
     pub fn poll_read_some(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         loop {
-            let mut guard = ready!(self.read.poll_read_ready(cx))?;
+            let mut guard = match self.read.poll_read_ready(cx) {
+                Poll::Ready(guard) => guard?,
+                Poll::Pending => return self.poll_before_sleeping(cx, buf),
+            };
             let unfilled = buf.initialize_unfilled();
             let room = unfilled.len();
             match guard.try_io(|fd| fd.get_ref().read(unfilled)) {
@@ -64,13 +105,51 @@ impl QuietSocket {
                         // tokio's own streams do).
                         guard.clear_ready();
                     }
-                    buf.advance(n);
+                    self.read_done(n, buf);
                     return Poll::Ready(Ok(()));
                 }
                 Ok(Err(e)) => return Poll::Ready(Err(e)),
                 Err(_would_block) => continue,
             }
         }
+    }
+
+    /// The runtime does not know the socket readable (and will wake the task when
+    /// it is): while the polling window is open, read it directly, and if it is
+    /// still empty have the task polled again after the others (`Pending` with
+    /// the task woken), now and then giving the CPU away in case the writer we
+    /// wait for runs on this one.
+    fn poll_before_sleeping(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let now = self.now_ns();
+        let mut window = self.poll.lock();
+        if window.wants_sample(now) {
+            window.sample(now, runnable_tasks(), self.cpus);
+        }
+        if !window.keep_polling(now) {
+            return Poll::Pending;
+        }
+        drop(window);
+        match self.read.get_ref().read(buf.initialize_unfilled()) {
+            Ok(n) => {
+                self.read_done(n, buf);
+                Poll::Ready(Ok(()))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if self.spins.fetch_add(1, Ordering::Relaxed) % YIELD_EVERY == YIELD_EVERY - 1 {
+                    std::thread::yield_now();
+                }
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn read_done(&self, n: usize, buf: &mut ReadBuf<'_>) {
+        if n > 0 {
+            self.poll.lock().data(self.now_ns());
+        }
+        buf.advance(n);
     }
 
     /// Writes what the socket takes now (`WouldBlock` when it is full).
@@ -121,6 +200,15 @@ impl AsyncWrite for QuietSocket {
     }
 }
 
+/// How many tasks the system has ready to run, this one included (the fourth field
+/// of /proc/loadavg, "running/total"); 0 where the kernel does not say, which
+/// reads as never contended.
+fn runnable_tasks() -> usize {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let field = text.split_ascii_whitespace().nth(3).unwrap_or_default();
+    field.split('/').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
 /// The read side of a shared socket.
 pub struct SharedReader(pub std::sync::Arc<QuietSocket>);
 
@@ -136,11 +224,18 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// More than a socket buffer holds: the writer waits for the reader (the
-    /// registration for writing while full), and every byte arrives in order.
+    /// registration for writing while full), and every byte arrives in order;
+    /// with and without polling.
     #[tokio::test]
     async fn a_full_socket_waits_for_the_reader() {
+        for poll in [Duration::ZERO, Duration::from_secs(1)] {
+            full_socket_round(poll).await;
+        }
+    }
+
+    async fn full_socket_round(poll: Duration) {
         let (a, mut b) = tokio::net::UnixStream::pair().unwrap();
-        let mut quiet = QuietSocket::from_unix(a).unwrap();
+        let mut quiet = QuietSocket::from_unix(a, poll).unwrap().never_contended();
         let data: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
         let expected = data.clone();
         let reader = tokio::spawn(async move {
@@ -157,6 +252,84 @@ mod tests {
         reader.await.unwrap();
         assert_eq!(SharedReader(std::sync::Arc::new(quiet)).read(&mut answer).await.unwrap(), 0, "end of stream");
         let (fresh, _other) = tokio::net::UnixStream::pair().unwrap();
-        QuietSocket::from_unix(fresh).unwrap().writable().await.unwrap();
+        QuietSocket::from_unix(fresh, Duration::ZERO).unwrap().writable().await.unwrap();
+    }
+}
+
+/// Polling, measured by counting the polls of a reading task.
+#[cfg(test)]
+mod polling_tests {
+    use std::future::Future;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Spawns a task reading `N` bytes from `socket`, counting its polls.
+    fn counted_reader<const N: usize>(socket: Arc<QuietSocket>) -> (tokio::task::JoinHandle<[u8; N]>, Arc<AtomicUsize>) {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let counter = polls.clone();
+        let mut read = Box::pin(async move {
+            let mut buf = [0u8; N];
+            SharedReader(socket).read_exact(&mut buf).await.unwrap();
+            buf
+        });
+        let task = tokio::spawn(std::future::poll_fn(move |cx| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            read.as_mut().poll(cx)
+        }));
+        (task, polls)
+    }
+
+    /// A polling socket and its other end, a byte already read (so that the next
+    /// empty read opens the window, as after an answer).
+    async fn after_data(poll: Duration) -> (Arc<QuietSocket>, tokio::net::UnixStream) {
+        let (a, mut b) = tokio::net::UnixStream::pair().unwrap();
+        let socket = Arc::new(QuietSocket::from_unix(a, poll).unwrap().never_contended());
+        b.write_all(b"x").await.unwrap();
+        let (first, _) = counted_reader::<1>(socket.clone());
+        assert_eq!(&first.await.unwrap(), b"x");
+        (socket, b)
+    }
+
+    /// After data, an empty socket is polled again and again for the window, then
+    /// the reader sleeps until the runtime wakes it for the next data.
+    #[tokio::test]
+    async fn an_empty_socket_is_polled_for_the_window_then_the_reader_sleeps() {
+        let (socket, mut b) = after_data(Duration::from_millis(50)).await;
+        let (reader, polls) = counted_reader::<5>(socket);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after_window = polls.load(Ordering::Relaxed);
+        assert!(after_window > 2, "the reader polled the empty socket: {after_window} polls");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(polls.load(Ordering::Relaxed), after_window, "and slept once the window closed");
+        b.write_all(b"hello").await.unwrap();
+        assert_eq!(&reader.await.unwrap(), b"hello", "woken by the runtime");
+    }
+
+    /// A polling reader yields: on a single-threaded runtime, another task does 100
+    /// round trips on another socket while the reader keeps polling (a poll that
+    /// held the thread would let nothing else run for its 10 s window).
+    #[tokio::test]
+    async fn a_polling_reader_lets_the_other_tasks_run() {
+        let (socket, mut b) = after_data(Duration::from_secs(10)).await;
+        let (reader, polls) = counted_reader::<1>(socket);
+        tokio::task::yield_now().await;
+        let (mut c, mut d) = tokio::net::UnixStream::pair().unwrap();
+        for i in 0..100u8 {
+            c.write_all(&[i]).await.unwrap();
+            let mut got = [0u8; 1];
+            d.read_exact(&mut got).await.unwrap();
+            assert_eq!(got[0], i);
+        }
+        let during = polls.load(Ordering::Relaxed);
+        assert!(during > 1, "the reader was polling meanwhile: {during} polls");
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(polls.load(Ordering::Relaxed) > during, "and still is");
+        b.write_all(b"y").await.unwrap();
+        assert_eq!(&reader.await.unwrap(), b"y");
     }
 }
