@@ -29,9 +29,13 @@ use crate::proto as pb;
 /// Answers gathered before one write (more waits for the next write).
 const WRITE_GATHER_BYTES: usize = 256 << 10;
 
-impl<R: AsyncRead + Unpin> ClientSource for FrameReader<R, pb::ClientMessage> {
+impl ClientSource for FrameReader<QuietSocket, pb::ClientMessage> {
     fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<pb::ClientMessage, FrameError>>> {
         FrameReader::poll_message(self, cx)
+    }
+
+    fn set_waiting_elsewhere(&mut self, waiting: bool) {
+        self.get_mut().set_waiting_elsewhere(waiting);
     }
 }
 

@@ -63,6 +63,11 @@ pub trait ClientSource {
     /// The next message, `None` at the end; `Err` when the input is malformed
     /// ([`FrameError::is_malformed`]: answered with a refusal) or the connection failed.
     fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<pb::ClientMessage, FrameError>>>;
+
+    /// Whether the session has operations in flight: its client then waits for
+    /// answers that come from elsewhere (a remote master, another client's unlock),
+    /// so nothing is expected from it soon (a framed socket does not poll).
+    fn set_waiting_elsewhere(&mut self, _waiting: bool) {}
 }
 
 impl ClientSource for Streaming<pb::ClientMessage> {
@@ -312,6 +317,7 @@ impl<I: ClientSource> Responder for SessionStream<I> {
             session.refuse("no hello in time");
             return Poll::Pending;
         }
+        self.inbound.set_waiting_elsewhere(matches!(&session.phase, Phase::Joined(joined) if joined.outstanding > 0));
         match self.inbound.poll_message(cx) {
             Poll::Ready(Some(Err(error))) if error.is_malformed() => {
                 session.refuse(&error.to_string());

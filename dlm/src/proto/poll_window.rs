@@ -14,18 +14,29 @@
 //! later than that, polling was wasted, so the window halves (below
 //! [`GROW_START_NS`] it drops to zero: no polling). A connection used one request
 //! after another keeps the full window; an idle one or one used every few
-//! milliseconds soon polls not at all.
+//! milliseconds soon polls not at all. Once in [`PROBE_EVERY`] idle periods a
+//! window of 0 polls for the longest window once, as a probe: the two ends of a
+//! connection wait for each other, so when both windows have closed, the gaps
+//! each sees are as long as two sleeping processes make them, which may exceed
+//! the longest window and would keep both closed for good; a probe that catches
+//! data opens the window fully again.
 //!
 //! Polling pays only when a CPU would otherwise idle: a reader that polls while
 //! every CPU it may use is wanted takes one from the process it waits for, or from
-//! anything else. So every [`SAMPLE_NS`] the reader also samples how many tasks
-//! the system has ready to run; while they outnumber the CPUs the process may run
-//! on, it does not poll (measured: polling on one shared CPU or beside a busy one
-//! lost up to half the throughput before this rule, docs/BENCHMARKS.md). Counting
-//! runnable tasks rather than this thread's run-queue wait matters: two polling
-//! peers that the scheduler put on one CPU while another idles still gain from
-//! polling (they take turns, as if pinned), where sleeping would cost a halted
-//! vCPU's wake-up every time.
+//! anything else. So every [`SAMPLE_NS`] a polling reader also samples how many
+//! tasks the system has ready to run; when they outnumber the CPUs the process may
+//! run on in [`CROWDED_SAMPLES`] samples in a row, it pauses polling, for
+//! [`PAUSE_MIN_NS`] the first time and twice as long each time the crowding is
+//! still there when it resumes (up to [`PAUSE_MAX_NS`]); after [`CLEAR_NS`] without
+//! crowding, the next pause is short again. Why all this: polling itself adds a
+//! runnable task, so a plain rule "poll while runnable <= CPUs" flips on every
+//! sample beside a busy process, and one sample catches passing kernel threads
+//! (softirq work on loopback TCP, for one). Measured without any of it, polling
+//! lost up to half the throughput when client and daemon were pinned to one CPU or
+//! beside a busy one (docs/BENCHMARKS.md). Counting runnable tasks rather than this
+//! thread's waiting for a CPU matters: two polling peers that the scheduler put on
+//! one CPU while another idles wait for each other, yet do better polling (they
+//! take turns, as if pinned) than sleeping, which costs a halted vCPU's wake-up.
 //!
 //! Invariant: `0 <= window <= max`, and the window is 0 or at least
 //! `min(GROW_START_NS, max)`.
@@ -34,8 +45,18 @@
 
 /// The first non-zero window, in nanoseconds.
 pub const GROW_START_NS: u64 = 10_000;
-/// How often the number of runnable tasks is sampled.
+/// A closed window probes once in this many idle periods.
+pub const PROBE_EVERY: u32 = 16;
+/// How often a polling reader samples the number of runnable tasks.
 pub const SAMPLE_NS: u64 = 2_000_000;
+/// Crowded samples in a row that pause polling.
+pub const CROWDED_SAMPLES: u32 = 2;
+/// The first pause.
+pub const PAUSE_MIN_NS: u64 = 8_000_000;
+/// The longest pause.
+pub const PAUSE_MAX_NS: u64 = 1_000_000_000;
+/// Polling this long without a crowded sample makes the next pause short again.
+pub const CLEAR_NS: u64 = 64_000_000;
 
 /// The polling window of one connection's reader.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,14 +69,26 @@ pub struct PollWindow {
     idle_since_ns: Option<u64>,
     /// When the runnable tasks were last sampled.
     sampled_at_ns: Option<u64>,
-    /// At the last sample, more tasks were runnable than there are CPUs to run them.
-    contended: bool,
+    /// Samples in a row with more runnable tasks than CPUs.
+    crowded_samples: u32,
+    /// When the last crowded sample was taken.
+    crowded_at_ns: u64,
+    /// No polling before this time.
+    paused_until_ns: u64,
+    /// The length of the next pause.
+    pause_ns: u64,
+    /// Nothing is expected on the socket soon (see [`PollWindow::set_waiting_elsewhere`]).
+    waiting_elsewhere: bool,
+    /// Idle periods begun with a window of 0.
+    closed_periods: u32,
+    /// The current idle period is a probe: it polls for `max_ns`.
+    probing: bool,
 }
 
 impl PollWindow {
     /// A window of at most `max_ns`, starting full.
     pub fn new(max_ns: u64) -> PollWindow {
-        PollWindow { max_ns, window_ns: max_ns, idle_since_ns: None, sampled_at_ns: None, contended: false }
+        PollWindow { max_ns, window_ns: max_ns, idle_since_ns: None, sampled_at_ns: None, crowded_samples: 0, crowded_at_ns: 0, paused_until_ns: 0, pause_ns: PAUSE_MIN_NS, waiting_elsewhere: false, closed_periods: 0, probing: false }
     }
 
     /// The current window.
@@ -63,36 +96,79 @@ impl PollWindow {
         self.window_ns
     }
 
-    /// Whether the CPUs were contended at the last sample.
-    pub fn contended(&self) -> bool {
-        self.contended
+    /// Whether polling is paused at `now_ns` because the CPUs are crowded.
+    pub fn paused(&self, now_ns: u64) -> bool {
+        now_ns < self.paused_until_ns
     }
 
     /// Whether a new sample of the runnable tasks is due at `now_ns` (never when
-    /// polling is off).
+    /// polling is off or paused).
     pub fn wants_sample(&self, now_ns: u64) -> bool {
-        self.max_ns > 0 && self.sampled_at_ns.is_none_or(|at| now_ns.saturating_sub(at) >= SAMPLE_NS)
+        self.max_ns > 0 && !self.paused(now_ns) && self.sampled_at_ns.is_none_or(|at| now_ns.saturating_sub(at) >= SAMPLE_NS)
     }
 
     /// At `now_ns`, `runnable` tasks were ready to run (this one included) on a
     /// system where this process may use `cpus` CPUs.
     pub fn sample(&mut self, now_ns: u64, runnable: usize, cpus: usize) {
-        self.contended = runnable > cpus;
         self.sampled_at_ns = Some(now_ns);
+        if runnable <= cpus {
+            self.crowded_samples = 0;
+            if now_ns.saturating_sub(self.crowded_at_ns) >= CLEAR_NS {
+                self.pause_ns = PAUSE_MIN_NS;
+            }
+            return;
+        }
+        self.crowded_at_ns = now_ns;
+        self.crowded_samples += 1;
+        if self.crowded_samples >= CROWDED_SAMPLES {
+            self.crowded_samples = 0;
+            self.paused_until_ns = now_ns.saturating_add(self.pause_ns);
+            self.pause_ns = (self.pause_ns * 2).min(PAUSE_MAX_NS);
+        }
+    }
+
+    /// Whether the other side waits for answers this side gets from elsewhere (the
+    /// daemon: a session with operations in flight at a remote master or queued
+    /// behind another client's lock), so that nothing is expected on the socket
+    /// soon: no polling, and the idle period starts only once that is over, so
+    /// the wait for the answer does not count as the client's silence.
+    pub fn set_waiting_elsewhere(&mut self, waiting: bool) {
+        self.waiting_elsewhere = waiting;
     }
 
     /// The socket is empty at `now_ns`: whether to try it again (poll) rather than
     /// sleep until the runtime says it is readable. The first call after data
     /// starts the idle period.
     pub fn keep_polling(&mut self, now_ns: u64) -> bool {
-        let since = *self.idle_since_ns.get_or_insert(now_ns);
-        !self.contended && now_ns.saturating_sub(since) < self.window_ns
+        if self.waiting_elsewhere {
+            self.idle_since_ns = None;
+            return false;
+        }
+        let since = match self.idle_since_ns {
+            Some(since) => since,
+            None => {
+                self.probing = false;
+                if self.window_ns == 0 && self.max_ns > 0 {
+                    self.closed_periods = self.closed_periods.wrapping_add(1);
+                    self.probing = self.closed_periods % PROBE_EVERY == 0;
+                }
+                *self.idle_since_ns.insert(now_ns)
+            }
+        };
+        let window = if self.probing { self.max_ns } else { self.window_ns };
+        !self.paused(now_ns) && now_ns.saturating_sub(since) < window
     }
 
     /// Data was read at `now_ns`: adapt the window to how long the socket was idle.
     pub fn data(&mut self, now_ns: u64) {
         let Some(since) = self.idle_since_ns.take() else { return };
         let idle = now_ns.saturating_sub(since);
+        if std::mem::take(&mut self.probing) {
+            if idle < self.max_ns {
+                self.window_ns = self.max_ns;
+            }
+            return;
+        }
         if idle < self.window_ns {
             return;
         }
@@ -144,7 +220,7 @@ mod tests {
             windows.push(w.window_ns());
         }
         assert_eq!(windows, vec![50_000, 25_000, 12_500, 0], "halves, then stops");
-        assert!(!w.keep_polling(t), "a window of 0 never polls");
+        assert!(!w.keep_polling(t), "a window of 0 does not poll");
         // Gaps the full window would have caught: grows from GROW_START_NS until
         // it catches them, then stays.
         let mut grown = Vec::new();
@@ -154,6 +230,40 @@ mod tests {
         }
         assert_eq!(grown, vec![GROW_START_NS, 20_000, 40_000, 80_000, 80_000]);
         assert!(idle_then_data(&mut w, &mut t, 60_000), "now caught while polling");
+    }
+
+    #[test]
+    fn a_closed_window_probes_once_in_a_while_and_reopens_if_that_pays() {
+        let mut w = PollWindow::new(MAX);
+        let mut t = 0;
+        while w.window_ns() > 0 {
+            idle_then_data(&mut w, &mut t, 5_000_000);
+        }
+        // The other side is slow (300 µs) whatever this side does: one probe per
+        // PROBE_EVERY periods, each wasted, and the window stays closed.
+        let mut probes = 0;
+        for _ in 0..64 {
+            if w.keep_polling(t) {
+                assert!(w.keep_polling(t + MAX - 1), "a probe polls for the longest window");
+                probes += 1;
+            }
+            t += 300_000;
+            w.data(t);
+            assert_eq!(w.window_ns(), 0);
+        }
+        assert_eq!(probes, 64 / PROBE_EVERY as usize);
+        // Now the other side answers in 20 µs if this side polls, in 300 µs if
+        // both sleep (the case the grow rule alone never gets out of): the next
+        // probe catches the answer and opens the window fully.
+        let mut periods = 0;
+        while w.window_ns() == 0 {
+            periods += 1;
+            assert!(periods <= PROBE_EVERY, "a probe within {PROBE_EVERY} periods");
+            let polling = w.keep_polling(t);
+            t += if polling { 20_000 } else { 300_000 };
+            w.data(t);
+        }
+        assert_eq!(w.window_ns(), MAX);
     }
 
     #[test]
@@ -176,23 +286,79 @@ mod tests {
         assert_eq!(w.window_ns(), 5_000, "grows back, capped at the maximum");
     }
 
+    const MS: u64 = 1_000_000;
+
+    /// Samples every 2 ms from `*t` with these runnable counts on 2 CPUs; returns
+    /// the samples at which polling was paused afterwards.
+    fn samples(w: &mut PollWindow, t: &mut u64, runnable: &[usize]) -> Vec<bool> {
+        let mut paused = Vec::new();
+        for &r in runnable {
+            if w.wants_sample(*t) {
+                w.sample(*t, r, 2);
+            }
+            paused.push(w.paused(*t));
+            *t += SAMPLE_NS;
+        }
+        paused
+    }
+
     #[test]
-    fn more_runnable_tasks_than_cpus_stop_polling_until_there_are_not() {
+    fn crowded_cpus_pause_polling_for_longer_each_time() {
         let mut w = PollWindow::new(MAX);
-        assert!(w.wants_sample(0));
-        w.sample(0, 3, 2);
-        assert!(w.contended());
-        assert!(!w.wants_sample(SAMPLE_NS - 1));
         let mut t = 0;
-        assert!(!idle_then_data(&mut w, &mut t, 20_000), "no polling while contended");
+        assert_eq!(samples(&mut w, &mut t, &[3, 3]), [false, true], "paused at the second crowded sample in a row");
+        let mut probe_t = t;
+        assert!(!idle_then_data(&mut w, &mut probe_t, 20_000), "no polling while paused");
         assert_eq!(w.window_ns(), MAX, "the window itself is kept");
-        assert!(w.wants_sample(SAMPLE_NS));
-        w.sample(SAMPLE_NS, 2, 2);
-        assert!(!w.contended(), "two polling peers on two CPUs");
-        assert!(idle_then_data(&mut w, &mut t, 20_000));
-        w.sample(2 * SAMPLE_NS, 2, 1);
-        assert!(w.contended(), "two runnable tasks for the one CPU of a pinned process");
+        // Paused 8 ms (samples at 4, 6, 8 ms are not taken), then crowded again.
+        assert_eq!(samples(&mut w, &mut t, &[3, 3, 3, 3, 3]), [true, true, true, false, true]);
+        assert_eq!(w.paused_until_ns, 12 * MS + 2 * PAUSE_MIN_NS, "the second pause is twice as long");
+        assert!(!w.wants_sample(12 * MS + 2 * PAUSE_MIN_NS - 1));
+    }
+
+    #[test]
+    fn a_passing_task_does_not_pause_polling() {
+        let mut w = PollWindow::new(MAX);
+        let mut t = 0;
+        assert!(samples(&mut w, &mut t, &[3, 2, 3, 1, 2, 3, 2, 3]).iter().all(|p| !p));
+        let mut probe_t = t;
+        assert!(idle_then_data(&mut w, &mut probe_t, 20_000));
+    }
+
+    #[test]
+    fn a_long_clear_spell_makes_the_next_pause_short_again() {
+        let mut w = PollWindow::new(MAX);
+        let mut t = 0;
+        samples(&mut w, &mut t, &[3, 3]);
+        samples(&mut w, &mut t, &[3; 6]);
+        assert_eq!(w.pause_ns, 4 * PAUSE_MIN_NS, "two pauses: the next is four times the first");
+        samples(&mut w, &mut t, &[2; 40]);
+        assert!(t - w.crowded_at_ns >= CLEAR_NS);
+        let start = t;
+        samples(&mut w, &mut t, &[3, 3]);
+        assert_eq!(w.paused_until_ns, start + SAMPLE_NS + PAUSE_MIN_NS);
+        // A pinned process (one CPU) is crowded by its peer alone.
+        let mut pinned = PollWindow::new(MAX);
+        pinned.sample(0, 2, 1);
+        pinned.sample(SAMPLE_NS, 2, 1);
+        assert!(pinned.paused(SAMPLE_NS));
         assert!(!PollWindow::new(0).wants_sample(0), "no sampling when polling is off");
+    }
+
+    #[test]
+    fn no_polling_while_the_other_side_waits_for_answers_from_elsewhere() {
+        let mut w = PollWindow::new(MAX);
+        w.set_waiting_elsewhere(true);
+        assert!(!w.keep_polling(0));
+        assert!(!w.keep_polling(150_000));
+        // The remote answer came and went out at 300 µs; the client's next request
+        // comes 20 µs later: polling catches it, and the wait for the remote master
+        // did not count as the client's silence.
+        w.set_waiting_elsewhere(false);
+        assert!(w.keep_polling(300_000));
+        assert!(w.keep_polling(320_000));
+        w.data(320_000);
+        assert_eq!(w.window_ns(), MAX);
     }
 
     proptest! {

@@ -77,6 +77,12 @@ impl QuietSocket {
         Ok(QuietSocket { read: register(file, Interest::READABLE)?, write, write_wait: None, poll, clock: Instant::now(), cpus: std::thread::available_parallelism().map_or(1, |n| n.get()), spins: AtomicU32::new(0) })
     }
 
+    /// While `waiting`, nothing is expected on the socket soon (the other side
+    /// waits for answers that come from elsewhere): the reader does not poll.
+    pub fn set_waiting_elsewhere(&self, waiting: bool) {
+        self.poll.lock().set_waiting_elsewhere(waiting);
+    }
+
     /// Tests: polls whatever the other tasks of the system.
     #[cfg(test)]
     fn never_contended(mut self) -> QuietSocket {
