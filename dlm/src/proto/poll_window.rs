@@ -71,8 +71,8 @@ pub struct PollWindow {
     sampled_at_ns: Option<u64>,
     /// Samples in a row with more runnable tasks than CPUs.
     crowded_samples: u32,
-    /// When the last crowded sample was taken.
-    crowded_at_ns: u64,
+    /// Since when polling has gone on without a crowded sample (pauses excluded).
+    clear_since_ns: u64,
     /// No polling before this time.
     paused_until_ns: u64,
     /// The length of the next pause.
@@ -88,7 +88,7 @@ pub struct PollWindow {
 impl PollWindow {
     /// A window of at most `max_ns`, starting full.
     pub fn new(max_ns: u64) -> PollWindow {
-        PollWindow { max_ns, window_ns: max_ns, idle_since_ns: None, sampled_at_ns: None, crowded_samples: 0, crowded_at_ns: 0, paused_until_ns: 0, pause_ns: PAUSE_MIN_NS, waiting_elsewhere: false, closed_periods: 0, probing: false }
+        PollWindow { max_ns, window_ns: max_ns, idle_since_ns: None, sampled_at_ns: None, crowded_samples: 0, clear_since_ns: 0, paused_until_ns: 0, pause_ns: PAUSE_MIN_NS, waiting_elsewhere: false, closed_periods: 0, probing: false }
     }
 
     /// The current window.
@@ -113,16 +113,18 @@ impl PollWindow {
         self.sampled_at_ns = Some(now_ns);
         if runnable <= cpus {
             self.crowded_samples = 0;
-            if now_ns.saturating_sub(self.crowded_at_ns) >= CLEAR_NS {
+            if now_ns.saturating_sub(self.clear_since_ns) >= CLEAR_NS {
                 self.pause_ns = PAUSE_MIN_NS;
             }
             return;
         }
-        self.crowded_at_ns = now_ns;
+        self.clear_since_ns = now_ns;
         self.crowded_samples += 1;
         if self.crowded_samples >= CROWDED_SAMPLES {
             self.crowded_samples = 0;
             self.paused_until_ns = now_ns.saturating_add(self.pause_ns);
+            // A pause is no clear spell: that starts when polling resumes.
+            self.clear_since_ns = self.paused_until_ns;
             self.pause_ns = (self.pause_ns * 2).min(PAUSE_MAX_NS);
         }
     }
@@ -332,8 +334,15 @@ mod tests {
         samples(&mut w, &mut t, &[3, 3]);
         samples(&mut w, &mut t, &[3; 6]);
         assert_eq!(w.pause_ns, 4 * PAUSE_MIN_NS, "two pauses: the next is four times the first");
+        // Right after a long pause, a clear sample is no clear spell: the next
+        // pause still doubles (a pinned pair is crowded only while both poll, so
+        // its samples after a pause are often clear).
+        t = w.paused_until_ns;
+        samples(&mut w, &mut t, &[2, 3, 3]);
+        assert_eq!(w.pause_ns, 8 * PAUSE_MIN_NS);
+        t = w.paused_until_ns;
         samples(&mut w, &mut t, &[2; 40]);
-        assert!(t - w.crowded_at_ns >= CLEAR_NS);
+        assert!(t - w.clear_since_ns >= CLEAR_NS);
         let start = t;
         samples(&mut w, &mut t, &[3, 3]);
         assert_eq!(w.paused_until_ns, start + SAMPLE_NS + PAUSE_MIN_NS);
