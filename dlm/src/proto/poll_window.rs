@@ -162,7 +162,7 @@ impl PollWindow {
                 self.probing = false;
                 if self.window_ns == 0 && self.max_ns > 0 {
                     self.closed_periods = self.closed_periods.wrapping_add(1);
-                    self.probing = self.closed_periods % PROBE_EVERY == 0;
+                    self.probing = self.closed_periods.is_multiple_of(PROBE_EVERY);
                 }
                 *self.idle_since_ns.insert(now_ns)
             }
