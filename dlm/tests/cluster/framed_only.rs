@@ -105,8 +105,9 @@ async fn lock_unlock(ls: &Lockspace, name: &[u8], pairs: usize) {
 }
 
 /// Polling before sleeping (docs/dlm.md) ends: after a burst of one-at-a-time
-/// operations, whose sessions poll, the daemons sit idle and use (almost) no CPU
-/// while the sessions stay open.
+/// operations, whose sessions poll (unless the machine is crowded, which pauses
+/// polling: the socket tests in `proto/socket.rs` check the mechanism itself), the
+/// daemons sit idle and use (almost) no CPU while the sessions stay open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sessions_stop_polling() {
     let cluster = Cluster::start(Transport::Framed);
