@@ -95,7 +95,8 @@ pub struct TuningConfig {
 /// The default polling window, as long as Linux's guest halt-polling allows at
 /// most: it must exceed a round trip between two *sleeping* processes on a VM
 /// (150–200 µs measured), or two peers whose windows closed would never see a gap
-/// short enough to open them again (with 100 µs they did not, docs/BENCHMARKS.md).
+/// short enough to open them again but by probing (before probes existed, with 100
+/// µs they stayed closed: docs/dlm.md, "Polling before sleeping").
 pub const DEFAULT_POLL_US: u64 = 200;
 
 impl Default for TuningConfig {

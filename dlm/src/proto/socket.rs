@@ -55,7 +55,7 @@ pub struct QuietSocket {
 /// Polling gives the CPU away once in this many empty reads: polling happens only
 /// when no more tasks are runnable than there are CPUs, but the scheduler may still
 /// have put the task we wait for on our CPU (measured: yielding on every read cost
-/// a quarter of the throughput, docs/BENCHMARKS.md).
+/// a quarter of the throughput in `rgfs-dlm bench` runs on an idle 2-vCPU VM).
 const YIELD_EVERY: u32 = 8;
 
 impl QuietSocket {
