@@ -35,8 +35,8 @@ struct Cli {
     #[arg(long, global = true, default_value = "framed")]
     transport: Transport,
     /// Framed transport: microseconds the client polls its socket before it sleeps,
-    /// instead of the configuration's `[tuning] poll_us` (0 = never).
-    #[arg(long, global = true)]
+    /// instead of the configuration's `[tuning] poll_us` (0 = never, at most 1000000).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(0..=rgfs_dlm::cluster::config::MAX_POLL_US))]
     poll_us: Option<u64>,
     #[command(subcommand)]
     command: Command,

@@ -98,6 +98,9 @@ pub struct TuningConfig {
 /// short enough to open them again but by probing (before probes existed, with 100
 /// µs they stayed closed: docs/dlm.md, "Polling before sleeping").
 pub const DEFAULT_POLL_US: u64 = 200;
+/// The longest polling window accepted: beyond a second, polling is no longer a
+/// wait for an answer but a spinning process.
+pub const MAX_POLL_US: u64 = 1_000_000;
 
 impl Default for TuningConfig {
     fn default() -> Self {
@@ -216,6 +219,9 @@ impl Config {
         {
             return invalid("limits must be above 0".into());
         }
+        if self.tuning.poll_us > MAX_POLL_US {
+            return invalid(format!("tuning.poll_us is at most {MAX_POLL_US} (one second); 0 turns polling off"));
+        }
         Ok(())
     }
 
@@ -256,6 +262,7 @@ client_socket = "/tmp/n2.sock"
         assert_eq!(config.nodes[1].weight, 0);
         assert_eq!(config.epoch, 1);
         assert_eq!(config.limits, LimitsConfig::default());
+        assert_eq!(config.tuning.poll_us, DEFAULT_POLL_US);
         assert_eq!(config.node(2).unwrap().client_socket.as_deref(), Some(Path::new("/tmp/n2.sock")));
     }
 
@@ -268,6 +275,9 @@ client_socket = "/tmp/n2.sock"
             (GOOD.replace("127.0.0.1:4001", "nowhere"), "address"),
             (GOOD.replace("cluster_name", "clustername"), "unknown field"),
             ("garbage [[[".to_string(), ""),
+            (format!("{GOOD}[tuning]\npoll_us = 1000001\n"), "poll_us is at most 1000000"),
+            (format!("{GOOD}[tuning]\npoll_us = -1\n"), "poll_us"),
+            (format!("{GOOD}[tuning]\npoll = 5\n"), "unknown field"),
         ];
         for (text, needle) in cases {
             let error = Config::parse(&text).unwrap_err().to_string();
