@@ -323,11 +323,11 @@ async fn bench(options: &ConnectOptions, lockspace: &str, pairs: u64, inflight: 
         }
     };
     run(warmup.max(inflight as u64)).await?;
-    let cpu_before = process_cpu_s();
+    let cpu_before = rgfs_dlm::procfs::cpu_time("self");
     let start = Instant::now();
     let (mut lock_ns, mut unlock_ns) = run(pairs).await?;
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = process_cpu_s().zip(cpu_before).map(|(after, before)| format!("{:.2}", after - before)).unwrap_or_else(|| "unknown".into());
+    let cpu = rgfs_dlm::procfs::cpu_time("self").zip(cpu_before).map(|(after, before)| format!("{:.2}", after.saturating_sub(before).as_secs_f64())).unwrap_or_else(|| "unknown".into());
     let done = lock_ns.len() as f64;
     let mut all_ns: Vec<u64> = lock_ns.iter().chain(unlock_ns.iter()).copied().collect();
     let pct = |v: &mut Vec<u64>, p: f64| {
@@ -356,17 +356,6 @@ async fn bench(options: &ConnectOptions, lockspace: &str, pairs: u64, inflight: 
         options.poll.as_micros(),
     );
     Ok(())
-}
-
-/// CPU time (user + system) this process has used, in seconds, from /proc (whose
-/// clock ticks are USER_HZ, 100 per second on Linux).
-fn process_cpu_s() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
-    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
-    // utime and stime: fields 14 and 15 of proc(5), the 12th and 13th here.
-    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
 }
 
 /// Lock+unlock pairs straight into the engine: what one operation costs the master

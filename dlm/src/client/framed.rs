@@ -91,8 +91,7 @@ impl FramedWriter {
             Outbound::Op(op) => state.ops.push(op),
             Outbound::Message(message) => {
                 state.pack()?;
-                let WriteState { codec, buffer, .. } = &mut *state;
-                framing::encode_frame(codec, &message, buffer).map_err(|e| ClientError::Invalid(e.to_string()))?;
+                state.encode(&message)?;
             }
         }
         if state.flusher_busy {
@@ -162,9 +161,13 @@ impl WriteState {
         while !self.ops.is_empty() {
             let rest = self.ops.split_off(self.ops.len().min(OPS_PER_FRAME));
             let ops = std::mem::replace(&mut self.ops, rest);
-            let message = pb::ClientMessage { kind: Some(pb::client_message::Kind::Ops(pb::OpBatch { ops })) };
-            framing::encode_frame(&mut self.codec, &message, &mut self.buffer).map_err(|e| ClientError::Invalid(e.to_string()))?;
+            self.encode(&pb::ClientMessage { kind: Some(pb::client_message::Kind::Ops(pb::OpBatch { ops })) })?;
         }
         Ok(())
+    }
+
+    /// Appends `message` as one frame to the buffer.
+    fn encode(&mut self, message: &pb::ClientMessage) -> Result<(), ClientError> {
+        framing::encode_frame(&mut self.codec, message, &mut self.buffer).map_err(|e| ClientError::Invalid(e.to_string()))
     }
 }

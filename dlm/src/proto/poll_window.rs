@@ -31,12 +31,13 @@
 //! crowding, the next pause is short again. Why all this: polling itself adds a
 //! runnable task, so a plain rule "poll while runnable <= CPUs" flips on every
 //! sample beside a busy process, and one sample catches passing kernel threads
-//! (softirq work on loopback TCP, for one). Measured without any of it, polling
-//! lost up to half the throughput when client and daemon were pinned to one CPU or
-//! beside a busy one, in `rgfs-dlm bench` runs against one daemon). Counting runnable tasks rather than this
-//! thread's waiting for a CPU matters: two polling peers that the scheduler put on
-//! one CPU while another idles wait for each other, yet do better polling (they
-//! take turns, as if pinned) than sleeping, which costs a halted vCPU's wake-up.
+//! (softirq work on loopback TCP, for one). Measured without any of it (in
+//! `rgfs-dlm bench` runs against one daemon), polling lost up to half the
+//! throughput when client and daemon were pinned to one CPU or beside a busy one.
+//! Counting runnable tasks rather than this thread's waiting for a CPU matters:
+//! two polling peers that the scheduler put on one CPU while another idles wait
+//! for each other, yet do better polling (they take turns, as if pinned) than
+//! sleeping, which costs a halted vCPU's wake-up.
 //! A process restricted to one CPU never polls.
 //!
 //! Invariant: `0 <= window <= max`, and the window is 0 or at least
@@ -64,6 +65,8 @@ pub const CLEAR_NS: u64 = 64_000_000;
 pub struct PollWindow {
     /// Longest window (the configuration's `poll_us`); 0 = never poll.
     max_ns: u64,
+    /// CPUs the process may run on.
+    cpus: usize,
     /// Current window.
     window_ns: u64,
     /// When the reader last found its socket empty after reading something.
@@ -87,9 +90,14 @@ pub struct PollWindow {
 }
 
 impl PollWindow {
-    /// A window of at most `max_ns`, starting full.
-    pub fn new(max_ns: u64) -> PollWindow {
-        PollWindow { max_ns, window_ns: max_ns, idle_since_ns: None, sampled_at_ns: None, crowded_samples: 0, clear_since_ns: 0, paused_until_ns: 0, pause_ns: PAUSE_MIN_NS, waiting_elsewhere: false, closed_periods: 0, probing: false }
+    /// A window of at most `max_ns`, starting full, for a process that may run on
+    /// `cpus` CPUs. Restricted to one CPU, a poller can only hold up the task it
+    /// waits for, or its other neighbours: it never polls (measured pinned:
+    /// polling, even with the pauses, cost 15–35 % of the throughput, because the
+    /// peer asleep at the sample made the CPU look free).
+    pub fn new(max_ns: u64, cpus: usize) -> PollWindow {
+        let max_ns = if cpus < 2 { 0 } else { max_ns };
+        PollWindow { max_ns, cpus, window_ns: max_ns, idle_since_ns: None, sampled_at_ns: None, crowded_samples: 0, clear_since_ns: 0, paused_until_ns: 0, pause_ns: PAUSE_MIN_NS, waiting_elsewhere: false, closed_periods: 0, probing: false }
     }
 
     /// The current window.
@@ -108,20 +116,10 @@ impl PollWindow {
         self.max_ns > 0 && !self.paused(now_ns) && self.sampled_at_ns.is_none_or(|at| now_ns.saturating_sub(at) >= SAMPLE_NS)
     }
 
-    /// At `now_ns`, `runnable` tasks were ready to run (this one included) on a
-    /// system where this process may use `cpus` CPUs.
-    pub fn sample(&mut self, now_ns: u64, runnable: usize, cpus: usize) {
+    /// At `now_ns`, `runnable` tasks were ready to run (this one included).
+    pub fn sample(&mut self, now_ns: u64, runnable: usize) {
         self.sampled_at_ns = Some(now_ns);
-        if cpus < 2 {
-            // Restricted to one CPU, a poller can only hold up the task it waits
-            // for, or its other neighbours: never poll (measured pinned: polling,
-            // even with the pauses below, cost 15–35 % of the throughput, because
-            // the peer asleep at the sample made the CPU look free).
-            self.max_ns = 0;
-            self.window_ns = 0;
-            return;
-        }
-        if runnable <= cpus {
+        if runnable <= self.cpus {
             self.crowded_samples = 0;
             if now_ns.saturating_sub(self.clear_since_ns) >= CLEAR_NS {
                 self.pause_ns = PAUSE_MIN_NS;
@@ -214,7 +212,7 @@ mod tests {
 
     #[test]
     fn back_to_back_requests_keep_the_full_window() {
-        let mut w = PollWindow::new(MAX);
+        let mut w = PollWindow::new(MAX, 2);
         let mut t = 0;
         for _ in 0..100 {
             assert!(idle_then_data(&mut w, &mut t, 20_000), "caught while polling");
@@ -224,7 +222,7 @@ mod tests {
 
     #[test]
     fn an_idle_connection_stops_polling_and_a_busy_one_starts_again() {
-        let mut w = PollWindow::new(MAX);
+        let mut w = PollWindow::new(MAX, 2);
         let mut t = 0;
         let mut windows = Vec::new();
         for _ in 0..4 {
@@ -246,7 +244,7 @@ mod tests {
 
     #[test]
     fn a_closed_window_probes_once_in_a_while_and_reopens_if_that_pays() {
-        let mut w = PollWindow::new(MAX);
+        let mut w = PollWindow::new(MAX, 2);
         let mut t = 0;
         while w.window_ns() > 0 {
             idle_then_data(&mut w, &mut t, 5_000_000);
@@ -280,7 +278,7 @@ mod tests {
 
     #[test]
     fn a_zero_maximum_never_polls() {
-        let mut w = PollWindow::new(0);
+        let mut w = PollWindow::new(0, 2);
         for t in [0, 10, 1_000_000] {
             assert!(!w.keep_polling(t));
             w.data(t + 5);
@@ -290,7 +288,7 @@ mod tests {
 
     #[test]
     fn a_maximum_below_the_grow_start_is_kept() {
-        let mut w = PollWindow::new(5_000);
+        let mut w = PollWindow::new(5_000, 2);
         let mut t = 0;
         idle_then_data(&mut w, &mut t, 1_000_000);
         assert_eq!(w.window_ns(), 0, "2.5 µs is below the smallest window of 5 µs");
@@ -300,13 +298,13 @@ mod tests {
 
     const MS: u64 = 1_000_000;
 
-    /// Samples every 2 ms from `*t` with these runnable counts on 2 CPUs; returns
+    /// Samples every 2 ms from `*t` with these runnable counts (2 CPUs); returns
     /// the samples at which polling was paused afterwards.
     fn samples(w: &mut PollWindow, t: &mut u64, runnable: &[usize]) -> Vec<bool> {
         let mut paused = Vec::new();
         for &r in runnable {
             if w.wants_sample(*t) {
-                w.sample(*t, r, 2);
+                w.sample(*t, r);
             }
             paused.push(w.paused(*t));
             *t += SAMPLE_NS;
@@ -316,7 +314,7 @@ mod tests {
 
     #[test]
     fn crowded_cpus_pause_polling_for_longer_each_time() {
-        let mut w = PollWindow::new(MAX);
+        let mut w = PollWindow::new(MAX, 2);
         let mut t = 0;
         assert_eq!(samples(&mut w, &mut t, &[3, 3]), [false, true], "paused at the second crowded sample in a row");
         let mut probe_t = t;
@@ -330,7 +328,7 @@ mod tests {
 
     #[test]
     fn a_passing_task_does_not_pause_polling() {
-        let mut w = PollWindow::new(MAX);
+        let mut w = PollWindow::new(MAX, 2);
         let mut t = 0;
         assert!(samples(&mut w, &mut t, &[3, 2, 3, 1, 2, 3, 2, 3]).iter().all(|p| !p));
         let mut probe_t = t;
@@ -339,7 +337,7 @@ mod tests {
 
     #[test]
     fn a_long_clear_spell_makes_the_next_pause_short_again() {
-        let mut w = PollWindow::new(MAX);
+        let mut w = PollWindow::new(MAX, 2);
         let mut t = 0;
         samples(&mut w, &mut t, &[3, 3]);
         samples(&mut w, &mut t, &[3; 6]);
@@ -356,14 +354,12 @@ mod tests {
         let start = t;
         samples(&mut w, &mut t, &[3, 3]);
         assert_eq!(w.paused_until_ns, start + SAMPLE_NS + PAUSE_MIN_NS);
-        assert!(!PollWindow::new(0).wants_sample(0), "no sampling when polling is off");
+        assert!(!PollWindow::new(0, 2).wants_sample(0), "no sampling when polling is off");
     }
 
     #[test]
     fn a_process_restricted_to_one_cpu_never_polls() {
-        let mut w = PollWindow::new(MAX);
-        assert!(w.wants_sample(0), "the first sample comes before the first poll");
-        w.sample(0, 1, 1);
+        let mut w = PollWindow::new(MAX, 1);
         let mut t = 0;
         for _ in 0..64 {
             assert!(!idle_then_data(&mut w, &mut t, 20_000));
@@ -374,7 +370,7 @@ mod tests {
 
     #[test]
     fn no_polling_while_the_other_side_waits_for_answers_from_elsewhere() {
-        let mut w = PollWindow::new(MAX);
+        let mut w = PollWindow::new(MAX, 2);
         w.set_waiting_elsewhere(true);
         assert!(!w.keep_polling(0));
         assert!(!w.keep_polling(150_000));
@@ -392,7 +388,7 @@ mod tests {
         /// Whatever the idle periods, the window stays within its bounds.
         #[test]
         fn the_window_stays_in_bounds(max in 0u64..1_000_000, idles in prop::collection::vec(0u64..3_000_000, 1..60)) {
-            let mut w = PollWindow::new(max);
+            let mut w = PollWindow::new(max, 2);
             let mut t = 0u64;
             for idle in idles {
                 w.keep_polling(t);

@@ -28,6 +28,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 use super::poll_window::PollWindow;
+use crate::procfs;
 
 /// Registers `file` with the runtime for `interest`.
 fn register(file: File, interest: Interest) -> io::Result<AsyncFd<File>> {
@@ -46,8 +47,6 @@ pub struct QuietSocket {
     poll: Mutex<PollWindow>,
     /// The origin of the times given to `poll`.
     clock: Instant,
-    /// CPUs this process may run on (affinity and cgroup quota), read once.
-    cpus: usize,
     /// Empty reads while polling, to give the CPU away every [`YIELD_EVERY`].
     spins: AtomicU32,
 }
@@ -71,10 +70,15 @@ impl QuietSocket {
     }
 
     fn new(fd: OwnedFd, poll: Duration) -> io::Result<QuietSocket> {
+        QuietSocket::for_cpus(fd, poll, procfs::usable_cpus())
+    }
+
+    /// A socket whose reader decides on polling as if the process ran on `cpus` CPUs.
+    fn for_cpus(fd: OwnedFd, poll: Duration, cpus: usize) -> io::Result<QuietSocket> {
         let file = File::from(fd);
         let write = file.try_clone()?;
-        let poll = Mutex::new(PollWindow::new(u64::try_from(poll.as_nanos()).unwrap_or(u64::MAX)));
-        Ok(QuietSocket { read: register(file, Interest::READABLE)?, write, write_wait: None, poll, clock: Instant::now(), cpus: std::thread::available_parallelism().map_or(1, |n| n.get()), spins: AtomicU32::new(0) })
+        let poll = Mutex::new(PollWindow::new(u64::try_from(poll.as_nanos()).unwrap_or(u64::MAX), cpus));
+        Ok(QuietSocket { read: register(file, Interest::READABLE)?, write, write_wait: None, poll, clock: Instant::now(), spins: AtomicU32::new(0) })
     }
 
     /// While `waiting`, nothing is expected on the socket soon (the other side
@@ -83,11 +87,10 @@ impl QuietSocket {
         self.poll.lock().set_waiting_elsewhere(waiting);
     }
 
-    /// Tests: polls whatever the other tasks of the system.
+    /// Tests: a unix socket that polls whatever the other tasks of the system.
     #[cfg(test)]
-    fn never_contended(mut self) -> QuietSocket {
-        self.cpus = usize::MAX;
-        self
+    fn never_contended(stream: tokio::net::UnixStream, poll: Duration) -> io::Result<QuietSocket> {
+        QuietSocket::for_cpus(OwnedFd::from(stream.into_std()?), poll, usize::MAX)
     }
 
     fn now_ns(&self) -> u64 {
@@ -129,7 +132,7 @@ impl QuietSocket {
         let now = self.now_ns();
         let mut window = self.poll.lock();
         if window.wants_sample(now) {
-            window.sample(now, runnable_tasks(), self.cpus);
+            window.sample(now, procfs::runnable_tasks());
         }
         if !window.keep_polling(now) {
             return Poll::Pending;
@@ -206,15 +209,6 @@ impl AsyncWrite for QuietSocket {
     }
 }
 
-/// How many tasks the system has ready to run, this one included (the fourth field
-/// of /proc/loadavg, "running/total"); 0 where the kernel does not say, which
-/// reads as never contended.
-fn runnable_tasks() -> usize {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let field = text.split_ascii_whitespace().nth(3).unwrap_or_default();
-    field.split('/').next().and_then(|n| n.parse().ok()).unwrap_or(0)
-}
-
 /// The read side of a shared socket.
 pub struct SharedReader(pub std::sync::Arc<QuietSocket>);
 
@@ -241,7 +235,7 @@ mod tests {
 
     async fn full_socket_round(poll: Duration) {
         let (a, mut b) = tokio::net::UnixStream::pair().unwrap();
-        let mut quiet = QuietSocket::from_unix(a, poll).unwrap().never_contended();
+        let mut quiet = QuietSocket::never_contended(a, poll).unwrap();
         let data: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
         let expected = data.clone();
         let reader = tokio::spawn(async move {
@@ -292,7 +286,7 @@ mod polling_tests {
     /// empty read opens the window, as after an answer).
     async fn after_data(poll: Duration) -> (Arc<QuietSocket>, tokio::net::UnixStream) {
         let (a, mut b) = tokio::net::UnixStream::pair().unwrap();
-        let socket = Arc::new(QuietSocket::from_unix(a, poll).unwrap().never_contended());
+        let socket = Arc::new(QuietSocket::never_contended(a, poll).unwrap());
         b.write_all(b"x").await.unwrap();
         let (first, _) = counted_reader::<1>(socket.clone());
         assert_eq!(&first.await.unwrap(), b"x");

@@ -161,11 +161,7 @@ impl Cluster {
     /// CPU time (user + system) the daemon of `node` has used so far.
     pub fn daemon_cpu(&self, node: u32) -> Duration {
         let pid = self.daemons[node as usize - 1].id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the daemon's /proc stat");
-        // After the command name in parentheses: utime and stime are the 12th and
-        // 13th fields, in clock ticks of 1/100 s (USER_HZ).
-        let fields: Vec<u64> = stat[stat.rfind(')').unwrap() + 2..].split(' ').skip(11).take(2).map(|f| f.parse().unwrap()).collect();
-        Duration::from_millis((fields[0] + fields[1]) * 10)
+        rgfs_dlm::procfs::cpu_time(&pid.to_string()).expect("the daemon's /proc stat")
     }
 
     /// Kills the daemon of `node` (SIGKILL).
