@@ -11,8 +11,12 @@
 //! - [`RecordingDevice`]: records every write and flush and produces the
 //!   images a crash could leave (crash-consistency tests).
 //!
+//! - [`claim`]: which program may write a volume on this machine (device
+//!   claims, and whether it is mounted), shared by mkfs, fsck and mount.
+//!
 //! Later issues add an NBD client and the replicated device here.
 
+pub mod claim;
 mod crash;
 mod device;
 mod file;

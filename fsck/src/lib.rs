@@ -12,14 +12,13 @@
 //! [`pass4`] (link counts), [`pass5`] (bitmaps and counts), [`statfs`].
 //! Shared pieces: [`blockmap`] (who uses each block), [`dir`] and [`file`]
 //! (reading and editing directories and small files), [`volume`] (the
-//! device and the resource groups), [`mounted`], [`progress`].
+//! device and the resource groups), [`progress`].
 
 pub mod blockmap;
 pub mod check;
 pub mod dir;
 pub mod file;
 pub mod journals;
-pub mod mounted;
 pub mod options;
 pub mod pass1;
 pub mod pass1b;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use rgfs_block::{Access, BlockDevice, FileDevice};
+use rgfs_block::{claim, Access, BlockDevice, FileDevice};
 use rgfs_mkfs::options::{parse_uuid, LockProto, MkfsOptions};
 use rgfs_mkfs::{prepare, probe, write, Error, Summary};
 
@@ -158,8 +158,11 @@ fn print_summary(path: &std::path::Path, device_bytes: u64, s: &Summary) {
 fn run(cli: Cli) -> Result<(), Failure> {
     let opts = options(&cli)?;
     let path = &cli.device;
-    // O_EXCL on a block device: refused while it is mounted or in use.
-    let dev = FileDevice::open(path, Access::Exclusive).map_err(Error::from)?;
+    let dev = FileDevice::open(path, Access::ReadWrite).map_err(Error::from)?;
+    // Refused while the volume is mounted or claimed, -O or not; waits for
+    // a server still writing back after an unmount. Held until mkfs exits.
+    let _claim = claim::claim(path, claim::Kind::Exclusive, claim::PATIENCE, &mut |m| eprintln!("{NAME}: {m}"))
+        .map_err(|e| Failure::refused(e.to_string()))?;
     let prepared = prepare(dev.size(), &opts)?;
 
     let existing = probe::existing_content(&dev)?;

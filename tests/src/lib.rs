@@ -26,22 +26,28 @@ pub fn bin_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
 }
 
-/// The mount.rgfs binary; builds it if it is missing (running one test
-/// crate alone does not build other packages' binaries).
-pub fn mount_bin() -> PathBuf {
-    let bin = bin_dir().join("mount-rgfs");
-    if !bin.exists() {
+/// The binary `bin` of workspace package `package`; builds it if it is
+/// missing (running one test crate alone does not build other packages'
+/// binaries).
+pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    let path = bin_dir().join(bin);
+    if !path.exists() {
         let release = bin_dir().ends_with("release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "rgfs", "--bin", "mount-rgfs"]);
+        cmd.args(["build", "-p", package, "--bin", bin]);
         if release {
             cmd.arg("--release");
         }
         let st = cmd.status().expect("run cargo build");
-        assert!(st.success() && bin.exists(), "mount-rgfs missing at {} and could not be built", bin.display());
+        assert!(st.success() && path.exists(), "{bin} missing at {} and could not be built", path.display());
     }
-    bin
+    path
+}
+
+/// The mount.rgfs binary.
+pub fn mount_bin() -> PathBuf {
+    workspace_bin("rgfs", "mount-rgfs")
 }
 
 /// Which mkfs makes the image.
@@ -163,6 +169,12 @@ impl Mounted {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Takes the server out of the guard: the caller ends the mount and
+    /// reaps the process.
+    pub fn take_server(mut self) -> Child {
+        self.child.take().expect("child")
     }
 
     /// SIGKILL to the daemon (a crash), then a lazy unmount.

@@ -6,22 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use rgfs_tests::{bin_dir, fsck, fuse_available, make_image, scratch, Mkfs, Mounted};
+use rgfs_tests::{fsck, fuse_available, make_image, scratch, Mkfs, Mounted, workspace_bin};
 
-/// The fsck.rgfs binary; built if missing (one test crate alone does not
-/// build other packages' binaries).
+/// The fsck.rgfs binary.
 fn fsck_bin() -> PathBuf {
-    let bin = bin_dir().join("fsck-rgfs");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "rgfs-fsck", "--bin", "fsck-rgfs"]);
-        if bin_dir().ends_with("release") {
-            cmd.arg("--release");
-        }
-        assert!(cmd.status().expect("run cargo build").success() && bin.exists(), "fsck-rgfs missing");
-    }
-    bin
+    workspace_bin("rgfs-fsck", "fsck-rgfs")
 }
 
 fn fsck_rgfs(flag: &str, image: &Path) -> Output {

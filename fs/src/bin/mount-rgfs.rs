@@ -15,7 +15,7 @@ use std::sync::Arc;
 use rgfs::fuse::{FuseFs, FuseNotifier};
 use rgfs::glock::{Fs, NoLock};
 use rgfs::mount::{mount, MountOptions};
-use rgfs_block::{Access, FileDevice};
+use rgfs_block::{claim, Access, FileDevice};
 
 const USAGE: &str = "usage: mount.rgfs DEVICE MOUNTPOINT [-o OPTIONS] [-f] [-n] [-v] [-s]\n\
   options: lockproto=lock_nolock|lock_dlm, locktable=C:F, hostdata=jid=N, ro, rw,\n\
@@ -63,6 +63,9 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
     if !args.mountpoint.is_dir() {
         return Err(format!("{}: mount point is not a directory", args.mountpoint.display()));
     }
+    // Declared first so it is dropped last: the claim is held until every
+    // write is flushed, and in the daemon until the process exits.
+    let _claim = claim_device(&args.device)?;
     // A read-only mount still opens the device for writing when it can, so
     // a dirty journal can be replayed (as the kernel does); the mount
     // itself never writes otherwise.
@@ -131,6 +134,15 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
         return Err("the filesystem withdrew; its journal will be replayed at the next mount".into());
     }
     Ok(())
+}
+
+/// The exclusive claim on the device (see `rgfs_block::claim`): every
+/// mount today is exclusive (lock_nolock, or lock_dlm mounted with
+/// lockproto=lock_nolock); cluster mounts will take `Kind::Shared`. Waits
+/// for a server still writing back after an unmount; refuses a mounted one.
+fn claim_device(device: &std::path::Path) -> Result<claim::Claim, String> {
+    claim::claim(device, claim::Kind::Exclusive, claim::PATIENCE, &mut |m| eprintln!("mount.rgfs: {m}"))
+        .map_err(|e| e.to_string())
 }
 
 /// The kernel caps a FUSE mount's readahead at 128 KiB whatever

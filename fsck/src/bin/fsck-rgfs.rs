@@ -4,9 +4,10 @@
 //! 8 operational error, 16 usage error.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Parser;
+use rgfs_block::claim::{self, Claim, ClaimError, Kind};
 use rgfs_block::{Access, FileDevice};
 use rgfs_fsck::{check_asking, Answer, Asker, ExitCode, Mode, Options};
 
@@ -75,21 +76,8 @@ fn main() {
         }
         Mode::No
     };
-    let device = cli.device.display().to_string();
-    if let Some(point) = rgfs_fsck::mounted::mount_point(&cli.device) {
-        if mode.writes() {
-            eprintln!("fsck.rgfs: {device} is mounted at {point}; refusing to change it (unmount it, or check with -n)");
-            std::process::exit(ExitCode::Operational as i32);
-        }
-        eprintln!(
-            "fsck.rgfs: warning: {device} is mounted at {point}; the check may see it changing"
-        );
-    }
-    let access = if mode.writes() {
-        Access::Exclusive
-    } else {
-        Access::ReadOnly
-    };
+    let _claim = claim_for(&cli.device, mode);
+    let access = if mode.writes() { Access::ReadWrite } else { Access::ReadOnly };
     let dev = match FileDevice::open(&cli.device, access) {
         Ok(d) => d,
         Err(e) => {
@@ -113,6 +101,40 @@ fn main() {
     let ask = (mode == Mode::Ask).then(|| Box::new(ask_on_terminal) as Asker);
     let outcome = check_asking(&dev, &opts, Some(echo), ask);
     std::process::exit(outcome.exit as i32);
+}
+
+/// A repair takes the exclusive claim, held until fsck exits: refused while
+/// the volume is mounted or claimed, after waiting for a server still
+/// writing back. A check only warns when the volume is mounted, and
+/// otherwise waits in the same way under a shared claim, so that it does
+/// not see a half-written volume. None: nothing to hold (a device that
+/// cannot be opened is reported when it is opened).
+fn claim_for(device: &Path, mode: Mode) -> Option<Claim> {
+    let name = device.display();
+    let mut waiting = |m: &str| eprintln!("fsck.rgfs: {m}");
+    if mode.writes() {
+        return match claim::claim(device, Kind::Exclusive, claim::PATIENCE, &mut waiting) {
+            Ok(c) => Some(c),
+            Err(ClaimError::Open { .. }) => None,
+            Err(e) => {
+                let hint = if matches!(e, ClaimError::Mounted { .. }) { " (unmount it, or check with -n)" } else { "" };
+                eprintln!("fsck.rgfs: {e}; refusing to change it{hint}");
+                std::process::exit(ExitCode::Operational as i32);
+            }
+        };
+    }
+    if let Some(point) = claim::mount_point(device) {
+        eprintln!("fsck.rgfs: warning: {name} is mounted at {point}; the check may see it changing");
+        return None;
+    }
+    match claim::claim(device, Kind::Shared, claim::PATIENCE, &mut waiting) {
+        Ok(c) => Some(c),
+        Err(ClaimError::Open { .. }) => None,
+        Err(e) => {
+            eprintln!("fsck.rgfs: warning: {e}; the check may see it changing");
+            None
+        }
+    }
 }
 
 /// Asks on stderr, reads the answer from stdin: y(es), n(o), a(ll: yes to
