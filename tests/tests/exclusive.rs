@@ -216,6 +216,24 @@ impl Drop for DaemonMount {
     }
 }
 
+/// The pid of the `mount.rgfs IMAGE DIR` daemon.
+fn daemon_pid(image: &Path, dir: &Path) -> Option<u32> {
+    let want = [mount_bin().into_os_string(), image.into(), dir.into()];
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).filter(|a| !a.is_empty()).collect();
+        let matches = args.len() == want.len() && args.iter().zip(&want).all(|(a, w)| *a == w.as_encoded_bytes());
+        matches.then_some(pid)
+    })
+}
+
+/// Whether process `pid` exists and has not exited (a zombie has).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])))
+}
+
 #[test]
 fn after_the_umount_helper_returns_the_volume_is_written_back() {
     if !fuse_available() {
@@ -238,10 +256,12 @@ fn after_the_umount_helper_returns_the_volume_is_written_back() {
             std::fs::remove_file(dir.join("big")).ok();
             std::fs::write(dir.join("big"), vec![round as u8; 32 << 20]).unwrap();
         }
+        let server = daemon_pid(&image, &dir).expect("the mount.rgfs daemon");
         // As umount(8) runs it: the mount point, then -n.
         let out = Command::new(umount_bin()).arg(&dir).arg("-n").output().unwrap();
         assert!(out.status.success(), "round {round}: umount.fuse.rgfs: {}", text(&out));
         drop(guard);
+        assert!(!alive(server), "round {round}: the server (pid {server}) is still running after umount returned");
         // At once: no wait, no retry.
         fsck(&image).unwrap_or_else(|e| panic!("round {round}, right after umount.fuse.rgfs: {e}"));
     }
