@@ -6,15 +6,17 @@
 #
 # Builds in release mode first. Cargo cannot name binaries with dots, so
 # target/release/mount-rgfs is installed as mount.rgfs, mkfs-rgfs as
-# mkfs.rgfs, fsck-rgfs as fsck.rgfs. The lock manager's rgfs-dlmd and
-# rgfs-dlm keep their names.
+# mkfs.rgfs, fsck-rgfs as fsck.rgfs, umount-fuse-rgfs as umount.fuse.rgfs
+# (umount(8) runs it for fuse.rgfs mounts, so `umount DIR` returns once the
+# volume is written back). The lock manager's rgfs-dlmd and rgfs-dlm keep
+# their names.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=${1:-/sbin}
 cargo build --release --workspace --quiet
 install -d "$dest"
 for pair in mount-rgfs:mount.rgfs mkfs-rgfs:mkfs.rgfs fsck-rgfs:fsck.rgfs \
-            rgfs-dlmd:rgfs-dlmd rgfs-dlm:rgfs-dlm; do
+            umount-fuse-rgfs:umount.fuse.rgfs rgfs-dlmd:rgfs-dlmd rgfs-dlm:rgfs-dlm; do
   src=target/release/${pair%%:*}
   dst=$dest/${pair##*:}
   if [ ! -x "$src" ]; then

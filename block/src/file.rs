@@ -2,7 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
 use crate::device::{check_range, BlockDevice, Error, Result};
@@ -12,12 +12,9 @@ use crate::device::{check_range, BlockDevice, Error, Result};
 pub enum Access {
     /// Reads only; `write_at` fails with [`Error::ReadOnly`].
     ReadOnly,
-    /// Reads and writes.
+    /// Reads and writes. Exclusive use is not the device's business: a
+    /// writer first takes a [`crate::claim`] on it.
     ReadWrite,
-    /// Reads and writes; a block device is opened with `O_EXCL`, so the open
-    /// fails while the kernel has it mounted or another exclusive user holds
-    /// it. For regular files this is the same as `ReadWrite`.
-    Exclusive,
 }
 
 /// A device backed by a file descriptor: a regular file or a block device.
@@ -52,9 +49,6 @@ impl FileDevice {
         options.read(true);
         if access != Access::ReadOnly {
             options.write(true);
-        }
-        if access == Access::Exclusive && is_block_device {
-            options.custom_flags(libc::O_EXCL);
         }
         let mut file = options.open(path).map_err(|e| open_err("cannot open", e))?;
         let size = if is_block_device {

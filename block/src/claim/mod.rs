@@ -31,7 +31,7 @@ mod mountinfo;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub use holders::Holder;
@@ -208,12 +208,6 @@ pub fn holders_of(path: &Path) -> Vec<Holder> {
 /// Which of `pids` still hold a claim on `path`.
 pub fn still_held_by(path: &Path, pids: &[u32]) -> Vec<Holder> {
     holders::claimed_files(path).map(|f| holders::holders(&f, Some(pids))).unwrap_or_default()
-}
-
-/// The absolute path of `path`, symlinks resolved (as claims and mountinfo
-/// name devices); `path` itself when it cannot be resolved.
-pub fn canonical(path: &Path) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ pub fn find_mounts(mountinfo: &str, devnums: &[String], sources: &[String]) -> V
         let source = unescape(source);
         // mount.rgfs names the device by its absolute path; an older or
         // foreign mount may name it relatively, resolved from here.
-        let by_source = sources.iter().any(|s| *s == source)
+        let by_source = sources.contains(&source)
             || (!source.starts_with('/')
                 && std::fs::canonicalize(&source).is_ok_and(|p| sources.iter().any(|s| Path::new(s) == p)));
         if by_dev || by_source {
@@ -126,7 +126,7 @@ pub fn mount_point(path: &Path) -> Option<String> {
 pub fn mount_at(point: &Path) -> Option<Mount> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let point = point.display().to_string();
-    mountinfo.lines().filter_map(parse_line).filter(|(_, p, _, _)| unescape(p) == point).last().map(
+    mountinfo.lines().filter_map(parse_line).rfind(|(_, p, _, _)| unescape(p) == point).map(
         |(_, p, fstype, source)| Mount { point: unescape(p), fstype: fstype.to_string(), source: unescape(source) },
     )
 }

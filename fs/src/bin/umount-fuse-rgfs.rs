@@ -37,7 +37,8 @@ struct Args {
     namespace: Option<String>,
 }
 
-fn parse_args(args: impl Iterator<Item = String>) -> Result<Args, String> {
+/// Ok(None): help was asked for.
+fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
     let mut a = Args { target: PathBuf::new(), lazy: false, force: false, verbose: false, namespace: None };
     let mut targets = Vec::new();
     let mut it = args;
@@ -51,14 +52,14 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Args, String> {
             "-n" | "-r" => {}
             "-t" => drop(it.next().ok_or("-t needs a type")?),
             "-N" => a.namespace = Some(it.next().ok_or("-N needs a namespace")?),
-            "-h" | "--help" => return Err(USAGE.into()),
+            "-h" | "--help" => return Ok(None),
             s if s.starts_with('-') => return Err(format!("unknown flag {s}\n{USAGE}")),
             _ => targets.push(arg),
         }
     }
     let [target] = <[String; 1]>::try_from(targets).map_err(|_| USAGE.to_string())?;
     a.target = std::path::absolute(&target).map_err(|e| format!("{target}: {e}"))?;
-    Ok(a)
+    Ok(Some(a))
 }
 
 /// Enters the mount namespace umount(8) was told to act in (`-N`).
@@ -151,7 +152,11 @@ fn run(a: &Args) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args = match parse_args(std::env::args().skip(1)) {
-        Ok(a) => a,
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             eprintln!("{NAME}: {e}");
             return ExitCode::from(EX_USAGE);
