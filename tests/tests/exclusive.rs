@@ -73,6 +73,18 @@ fn assert_refused(out: &Output, point: &Path, pid: u32, what: &str) {
     assert_eq!(err.lines().count(), 1, "{what}: not one line: {err}");
 }
 
+/// A scratch directory holding a fresh lock_nolock volume `vol.img` of
+/// `mib` MiB; None (with a notice) when FUSE mounts cannot run here.
+fn volume(mib: u64) -> Option<(tempfile::TempDir, PathBuf)> {
+    if !fuse_available() {
+        return None;
+    }
+    let tmp = scratch();
+    let image = tmp.path().join("vol.img");
+    make_image(&image, mib, Mkfs::Rgfs);
+    Some((tmp, image))
+}
+
 /// Files written through `m`, checked after the refusals.
 fn write_marker(m: &Mounted) {
     std::fs::create_dir(m.path("kept")).unwrap();
@@ -92,12 +104,7 @@ fn check_marker(image: &Path, dir: &Path) {
 
 #[test]
 fn a_second_mount_of_a_mounted_volume_is_refused() {
-    if !fuse_available() {
-        return;
-    }
-    let tmp = scratch();
-    let image = tmp.path().join("vol.img");
-    make_image(&image, 256, Mkfs::Rgfs);
+    let Some((tmp, image)) = volume(256) else { return };
     let link = tmp.path().join("link.img");
     std::os::unix::fs::symlink("vol.img", &link).unwrap();
     let (m1, m2) = (tmp.path().join("m1"), tmp.path().join("m2"));
@@ -124,12 +131,7 @@ fn a_second_mount_of_a_mounted_volume_is_refused() {
 
 #[test]
 fn mkfs_refuses_a_mounted_volume_even_with_o() {
-    if !fuse_available() {
-        return;
-    }
-    let tmp = scratch();
-    let image = tmp.path().join("vol.img");
-    make_image(&image, 256, Mkfs::Rgfs);
+    let Some((tmp, image)) = volume(256) else { return };
     let link = tmp.path().join("link.img");
     std::os::unix::fs::symlink(&image, &link).unwrap();
     let dir = tmp.path().join("mnt");
@@ -163,12 +165,7 @@ impl Drop for Loop {
 
 #[test]
 fn a_loop_device_and_its_image_are_one_volume() {
-    if !fuse_available() {
-        return;
-    }
-    let tmp = scratch();
-    let image = tmp.path().join("vol.img");
-    make_image(&image, 256, Mkfs::Rgfs);
+    let Some((tmp, image)) = volume(256) else { return };
     let Some(lo) = Loop::new(&image) else {
         eprintln!("SKIPPED: cannot create a loop device here (losetup -f failed)");
         return;
@@ -236,12 +233,7 @@ fn alive(pid: u32) -> bool {
 
 #[test]
 fn after_the_umount_helper_returns_the_volume_is_written_back() {
-    if !fuse_available() {
-        return;
-    }
-    let tmp = scratch();
-    let image = tmp.path().join("vol.img");
-    make_image(&image, 512, Mkfs::Rgfs);
+    let Some((tmp, image)) = volume(512) else { return };
     let dir = tmp.path().join("mnt");
     std::fs::create_dir_all(&dir).unwrap();
     for round in 0..3 {
@@ -348,12 +340,7 @@ fn waits_for(mut cmd: Command, server: StoppedServer, image: &Path, what: &str) 
 
 #[test]
 fn tools_wait_for_a_server_still_writing_back() {
-    if !fuse_available() {
-        return;
-    }
-    let tmp = scratch();
-    let image = tmp.path().join("vol.img");
-    make_image(&image, 256, Mkfs::Rgfs);
+    let Some((tmp, image)) = volume(256) else { return };
     let dir = tmp.path().join("mnt");
 
     // mount.rgfs waits, then mounts what the server wrote.
