@@ -29,17 +29,23 @@ pub fn bin_dir() -> PathBuf {
 /// The mount.rgfs binary; builds it if it is missing (running one test
 /// crate alone does not build other packages' binaries).
 pub fn mount_bin() -> PathBuf {
-    let bin = bin_dir().join("mount-rgfs");
+    workspace_bin("rgfs", "mount-rgfs")
+}
+
+/// A binary of the workspace, built (by `cargo build -p PACKAGE --bin
+/// NAME`) if it is missing.
+pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
+    let bin = bin_dir().join(name);
     if !bin.exists() {
         let release = bin_dir().ends_with("release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "rgfs", "--bin", "mount-rgfs"]);
+        cmd.args(["build", "-p", package, "--bin", name]);
         if release {
             cmd.arg("--release");
         }
         let st = cmd.status().expect("run cargo build");
-        assert!(st.success() && bin.exists(), "mount-rgfs missing at {} and could not be built", bin.display());
+        assert!(st.success() && bin.exists(), "{name} missing at {} and could not be built", bin.display());
     }
     bin
 }
