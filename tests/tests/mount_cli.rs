@@ -199,7 +199,7 @@ fn a_detached_server_logs_to_syslog() {
     let out = Command::new(mount_bin())
         .arg(&img)
         .arg(&mnt)
-        .env(rgfs::cli::log::SYSLOG_SOCKET_ENV, &sock_path)
+        .env("RGFS_SYSLOG_SOCKET", &sock_path)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .output()
