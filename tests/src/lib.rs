@@ -94,6 +94,18 @@ fn is_mounted(dir: &Path) -> bool {
     mounts.lines().any(|l| l.split(' ').nth(4) == Some(&d))
 }
 
+/// Unmounts (lazily) on drop a mount made by a daemon-mode mount.rgfs
+/// (one the test does not own as a child) that a failed test left behind.
+pub struct Unmount(pub PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).stderr(Stdio::null()).status();
+        }
+    }
+}
+
 /// A live mount of an image by a foreground `mount.rgfs -f` child.
 pub struct Mounted {
     pub dir: PathBuf,

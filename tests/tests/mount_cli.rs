@@ -94,6 +94,7 @@ fn mount8_flags_are_accepted_and_noatime_shows_in_mountinfo() {
     make_image(&img, 64, Mkfs::Rgfs);
     let mnt = tmp.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
+    let _guard = rgfs_tests::Unmount(mnt.clone());
     let out = Command::new(mount_bin())
         .arg(&img)
         .arg(&mnt)
@@ -135,6 +136,7 @@ fn foreground_logs_go_to_stderr_and_v_adds_debug() {
     let img = tmp.path().join("img");
     make_image(&img, 64, Mkfs::Rgfs);
     let mnt = tmp.path().join("mnt");
+    let _guard = rgfs_tests::Unmount(mnt.clone());
     for (flags, debug) in [(&["-f"][..], false), (&["-f", "-v"][..], true)] {
         fs::create_dir_all(&mnt).unwrap();
         let log = tmp.path().join("log");
@@ -193,6 +195,7 @@ fn a_detached_server_logs_to_syslog() {
     make_image(&img, 64, Mkfs::Rgfs);
     let mnt = tmp.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
+    let _guard = rgfs_tests::Unmount(mnt.clone());
     let sock_path = tmp.path().join("log.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();

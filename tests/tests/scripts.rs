@@ -124,6 +124,7 @@ fn quickstart_destroys_nothing_without_asking() {
     let fake = fake(&tmp.path().join("fake"), &BINARIES[..3]);
     let img = tmp.path().join("demo.img");
     let mnt = tmp.path().join("mnt");
+    let _guard = rgfs_tests::Unmount(mnt.clone());
     let size = Path::new("64M");
 
     // A non-empty mount point: refused, nothing made.
@@ -194,6 +195,7 @@ fn fstab_types_mount_find_and_unmount_as_documented() {
     let real_sbin = fs::canonicalize("/sbin").unwrap();
     let sh = format!(
         "set -e
+         trap 'umount -l {m1} {m2} 2>/dev/null || true' EXIT
          mount --bind {sbin} {real_sbin}
          mount -T {fstab} -a
          mount -T {fstab} -a
