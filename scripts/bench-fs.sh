@@ -9,6 +9,12 @@
 # Prints a markdown table; docs/BENCHMARKS.md records results with this
 # command. Everything it mounts is unmounted and its images deleted at exit.
 set -euo pipefail
+# Binaries are built into $CARGO_TARGET_DIR when set (relative to where the
+# caller stands, as cargo takes it).
+if [ -n "${CARGO_TARGET_DIR:-}" ]; then
+  CARGO_TARGET_DIR=$(realpath -m -- "$CARGO_TARGET_DIR")
+  export CARGO_TARGET_DIR
+fi
 cd "$(dirname "$0")/.."
 W=${1:-/var/tmp/rgfs-bench}
 SIZE_GB=${RGFS_BENCH_GB:-4}
@@ -18,7 +24,7 @@ for t in fio mergerfs python3 mkfs.ext4 losetup mkfs.gfs2; do
   command -v "$t" >/dev/null || { echo "bench-fs: needs $t (apt-get install fio mergerfs e2fsprogs gfs2-utils)" >&2; exit 2; }
 done
 cargo build --release -p rgfs --bin mount-rgfs --quiet
-BIN=$PWD/target/release/mount-rgfs
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/mount-rgfs
 
 mkdir -p "$W"
 LOOP=""

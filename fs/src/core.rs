@@ -108,12 +108,9 @@ impl FsCore {
     /// journal, instead of writing more damage.
     pub fn withdraw(&mut self, why: &str) {
         if self.withdrawn.is_none() {
-            eprintln!(
-                "rgfs: {}: jid={}: withdrawing: {why}",
-                self.sb.locktable, self.jid
-            );
+            tracing::error!("{}: jid={}: withdrawing: {why}", self.sb.locktable, self.jid);
             if self.opts.errors_panic {
-                eprintln!("rgfs: errors=panic: aborting");
+                tracing::error!("errors=panic: aborting");
                 std::process::abort();
             }
             self.withdrawn = Some(why.to_string());

@@ -14,10 +14,12 @@
 //! - [`ops`]: POSIX semantics, independent of FUSE;
 //! - [`glock`]: the lock layer (LockModule, glock states, demote);
 //! - [`mount`]: options, loading, journal replay at mount;
-//! - [`fuse`]: the fuser adapter.
+//! - [`fuse`]: the fuser adapter;
+//! - [`cli`]: what the command-line tools share (output, logging).
 
 pub mod alloc;
 pub mod cache;
+pub mod cli;
 pub mod core;
 pub mod dir;
 pub mod error;

@@ -4,7 +4,7 @@
 //! mkfs.gfs2 exits 255 on invalid options); 1 the device failed while
 //! being written.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -18,7 +18,7 @@ const NAME: &str = "mkfs.rgfs";
 
 /// Make a GFS2 filesystem for rgfs (options as mkfs.gfs2).
 #[derive(Parser, Debug)]
-#[command(name = NAME, version, about, override_usage = "mkfs.rgfs [OPTIONS] <DEVICE> [BLOCK-COUNT]")]
+#[command(name = NAME, bin_name = NAME, version, about, override_usage = "mkfs.rgfs [OPTIONS] <DEVICE> [BLOCK-COUNT]")]
 struct Cli {
     /// Filesystem block size in bytes (power of two, 512 to 4096)
     #[arg(short = 'b', value_name = "BYTES", default_value_t = 4096)]
@@ -109,8 +109,7 @@ fn options(cli: &Cli) -> Result<MkfsOptions, Failure> {
 /// Asks on the terminal; anything but yes is no.
 fn confirm() -> bool {
     loop {
-        print!("Are you sure you want to proceed? [y/n] ");
-        let _ = std::io::stdout().flush();
+        rgfs::out!("Are you sure you want to proceed? [y/n] ");
         let mut line = String::new();
         match std::io::stdin().lock().read_line(&mut line) {
             Ok(0) | Err(_) => return false,
@@ -125,7 +124,7 @@ fn confirm() -> bool {
 
 fn print_summary(path: &std::path::Path, device_bytes: u64, s: &Summary) {
     let gib = |bytes: f64| bytes / (1u64 << 30) as f64;
-    let row = |label: &str, value: String| println!("{label:<27}{value}");
+    let row = |label: &str, value: String| rgfs::outln!("{label:<27}{value}");
     row("Device:", path.display().to_string());
     row("Block size:", s.block_size.to_string());
     row(
@@ -166,21 +165,24 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let prepared = prepare(dev.size(), &opts)?;
 
     let existing = probe::existing_content(&dev)?;
-    if !cli.quiet {
-        println!("This will destroy any data on {}", path.display());
+    // Refuse before announcing anything: no "This will destroy" followed
+    // by "refused".
+    let ask = existing.filter(|_| !cli.no_confirm);
+    if let Some(what) = &ask {
+        if !std::io::stdin().is_terminal() {
+            return Err(Failure::refused(format!(
+                "{} appears to contain an existing filesystem ({what}); use -O to overwrite it",
+                path.display()
+            )));
+        }
     }
-    if let Some(what) = existing {
-        if !cli.no_confirm {
-            if !std::io::stdin().is_terminal() {
-                return Err(Failure::refused(format!(
-                    "{} appears to contain an existing filesystem ({what}); use -O to overwrite it",
-                    path.display()
-                )));
-            }
-            println!("It appears to contain an existing filesystem ({what})");
-            if !confirm() {
-                return Err(Failure::refused("aborted: nothing was written"));
-            }
+    if !cli.quiet {
+        rgfs::outln!("This will destroy any data on {}", path.display());
+    }
+    if let Some(what) = ask {
+        rgfs::outln!("It appears to contain an existing filesystem ({what})");
+        if !confirm() {
+            return Err(Failure::refused("aborted: nothing was written"));
         }
     }
 
@@ -217,10 +219,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("{NAME}: {first} (try -h for help)");
+            eprintln!("{NAME}: {} (try -h for help)", rgfs::cli::usage_error(&e));
             return ExitCode::from(255);
         }
     };

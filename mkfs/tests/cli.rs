@@ -249,3 +249,50 @@ fn help_and_version_name_the_tool() {
         );
     }
 }
+
+#[test]
+fn no_arguments_name_the_missing_device() {
+    let out = Command::new(MKFS_RGFS).stdin(Stdio::null()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("mkfs.rgfs: ") && stderr.contains("<DEVICE>"), "{stderr}");
+}
+
+/// Without -O and without a terminal to ask on, an existing filesystem is
+/// refused before anything is announced: no "This will destroy any data".
+#[test]
+fn a_refusal_is_not_preceded_by_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = patterned_image(dir.path(), "gfs2", 64 << 20);
+    assert!(mkfs(&["-O", "-q", "-p", "lock_nolock"], &img).status.success());
+    let out = mkfs(&["-p", "lock_nolock"], &img);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// `mkfs.rgfs ... | head -1`: a closed stdout is no panic; the filesystem
+/// is made and the exit status is 0.
+#[test]
+fn a_closed_stdout_still_makes_the_filesystem() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = patterned_image(dir.path(), "img", 64 << 20);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(MKFS_RGFS)
+        .args(["-O", "-p", "lock_nolock"])
+        .arg(&img)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Made: a second run without -O finds it.
+    assert_refused(&["-p", "lock_nolock"], &img, "gfs2");
+    if common::have_gfs2_utils("a_closed_stdout_still_makes_the_filesystem") {
+        let st = Command::new("fsck.gfs2").arg("-n").arg(&img).output().unwrap();
+        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stdout));
+    }
+}

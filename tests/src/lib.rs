@@ -26,28 +26,28 @@ pub fn bin_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
 }
 
-/// The binary `bin` of workspace package `package`; builds it if it is
-/// missing (running one test crate alone does not build other packages'
-/// binaries).
-pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
-    let path = bin_dir().join(bin);
-    if !path.exists() {
+/// The mount.rgfs binary; builds it if it is missing (running one test
+/// crate alone does not build other packages' binaries).
+pub fn mount_bin() -> PathBuf {
+    workspace_bin("rgfs", "mount-rgfs")
+}
+
+/// A binary of the workspace, built (by `cargo build -p PACKAGE --bin
+/// NAME`) if it is missing.
+pub fn workspace_bin(package: &str, name: &str) -> PathBuf {
+    let bin = bin_dir().join(name);
+    if !bin.exists() {
         let release = bin_dir().ends_with("release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", package, "--bin", bin]);
+        cmd.args(["build", "-p", package, "--bin", name]);
         if release {
             cmd.arg("--release");
         }
         let st = cmd.status().expect("run cargo build");
-        assert!(st.success() && path.exists(), "{bin} missing at {} and could not be built", path.display());
+        assert!(st.success() && bin.exists(), "{name} missing at {} and could not be built", bin.display());
     }
-    path
-}
-
-/// The mount.rgfs binary.
-pub fn mount_bin() -> PathBuf {
-    workspace_bin("rgfs", "mount-rgfs")
+    bin
 }
 
 /// Which mkfs makes the image.
@@ -92,6 +92,18 @@ fn is_mounted(dir: &Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let d = dir.to_string_lossy();
     mounts.lines().any(|l| l.split(' ').nth(4) == Some(&d))
+}
+
+/// Unmounts (lazily) on drop a mount made by a daemon-mode mount.rgfs
+/// (one the test does not own as a child) that a failed test left behind.
+pub struct Unmount(pub PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).stderr(Stdio::null()).status();
+        }
+    }
 }
 
 /// A live mount of an image by a foreground `mount.rgfs -f` child.
@@ -169,12 +181,6 @@ impl Mounted {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-
-    /// Takes the server out of the guard: the caller ends the mount and
-    /// reaps the process.
-    pub fn take_server(mut self) -> Child {
-        self.child.take().expect("child")
     }
 
     /// SIGKILL to the daemon (a crash), then a lazy unmount.

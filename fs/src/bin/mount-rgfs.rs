@@ -12,16 +12,56 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use clap::Parser;
+use rgfs::cli::log::{self, Target};
 use rgfs::fuse::{FuseFs, FuseNotifier};
 use rgfs::glock::{Fs, NoLock};
 use rgfs::mount::{mount, MountOptions};
 use rgfs_block::{claim, Access, FileDevice};
 
-const USAGE: &str = "usage: mount.rgfs DEVICE MOUNTPOINT [-o OPTIONS] [-f] [-n] [-v] [-s]\n\
-  options: lockproto=lock_nolock|lock_dlm, locktable=C:F, hostdata=jid=N, ro, rw,\n\
-  noatime, relatime, errors=withdraw|panic, allow_other, nosuid, nodev, noexec,\n\
-  quota=off (default; quotas are not supported yet),\n\
-  writeback_cache, nowriteback_cache (default)";
+const NAME: &str = "mount.rgfs";
+
+const OPTIONS_HELP: &str = "Mount options (-o, comma-separated):
+  lockproto=lock_nolock|lock_dlm, locktable=CLUSTER:FSNAME, hostdata=jid=N, ro, rw,
+  noatime, relatime, errors=withdraw|panic, allow_other, nosuid, nodev, noexec,
+  quota=off (default; quotas are not supported yet),
+  writeback_cache, nowriteback_cache (default)
+
+Logs go to stderr with -f, to syslog (facility daemon) once the server has detached;
+RUST_LOG (e.g. RUST_LOG=debug) overrides the level -v sets.";
+
+/// Mount a GFS2-format volume through FUSE (mount(8) runs it for `mount -t rgfs`).
+///
+/// mount(8) calls helpers as `mount.rgfs DEVICE DIR [-sfnv] [-N NS] [-o OPTIONS] [-t TYPE]`.
+#[derive(Parser, Debug)]
+#[command(name = NAME, bin_name = NAME, version, after_help = OPTIONS_HELP)]
+struct Cli {
+    /// The device or image file holding the volume
+    device: PathBuf,
+    /// The mount point: an existing directory
+    mountpoint: PathBuf,
+    /// Mount options, comma-separated (may be given more than once)
+    #[arg(short = 'o', value_name = "OPTIONS")]
+    options: Vec<String>,
+    /// Stay in the foreground and log to stderr (mount(8)'s fake mount, -f, is not supported)
+    #[arg(short = 'f', long = "foreground")]
+    foreground: bool,
+    /// Log more: -v debug, -vv trace
+    #[arg(short = 'v', action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Accepted from mount(8): there is no /etc/mtab to skip
+    #[arg(short = 'n')]
+    _no_mtab: bool,
+    /// Accepted from mount(8): unknown mount options are still refused
+    #[arg(short = 's')]
+    _sloppy: bool,
+    /// The type mount(8) was given: rgfs or fuse.rgfs
+    #[arg(short = 't', value_name = "TYPE")]
+    fstype: Option<String>,
+    /// Mount in another mount namespace (not supported; refused)
+    #[arg(short = 'N', value_name = "NS")]
+    namespace: Option<String>,
+}
 
 struct Args {
     device: PathBuf,
@@ -31,37 +71,34 @@ struct Args {
     threads: usize,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut pos = Vec::new();
+fn parse_args(cli: &Cli) -> Result<Args, String> {
     let mut opts = MountOptions::default();
-    let mut foreground = false;
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "-o" => opts.merge(&it.next().ok_or("-o needs an argument")?)?,
-            s if s.starts_with("-o") => opts.merge(&s[2..])?,
-            "-f" => foreground = true,
-            // mount(8) passes these: no mtab, verbose, sloppy.
-            "-n" | "-v" | "-s" => {}
-            "-h" | "--help" => return Err(USAGE.to_string()),
-            s if s.starts_with('-') => return Err(format!("unknown flag {s}\n{USAGE}")),
-            _ => pos.push(a),
-        }
+    for o in &cli.options {
+        opts.merge(o)?;
     }
-    if pos.len() != 2 {
-        return Err(USAGE.to_string());
+    if let Some(t) = cli.fstype.as_deref().filter(|t| !matches!(*t, "rgfs" | "fuse.rgfs")) {
+        return Err(format!("filesystem type {t:?}: this helper mounts rgfs (or fuse.rgfs)"));
+    }
+    if let Some(ns) = &cli.namespace {
+        return Err(format!("-N {ns}: mounting in another namespace is not supported"));
     }
     let threads = std::env::var("RGFS_FUSE_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
     // The absolute path, symlinks resolved: mountinfo shows it as the
     // source, and fsck.rgfs finds the mount by it whatever the directory.
-    let device = std::fs::canonicalize(&pos[0]).map_err(|e| format!("{}: {e}", pos[0]))?;
-    Ok(Args { device, mountpoint: pos[1].clone().into(), opts, foreground, threads })
+    let device = std::fs::canonicalize(&cli.device).map_err(|e| format!("{}: {e}", cli.device.display()))?;
+    Ok(Args { device, mountpoint: cli.mountpoint.clone(), opts, foreground: cli.foreground, threads })
 }
 
 /// Mounts and serves; calls `ready` once the mount is live (or failed).
 fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), String> {
-    if !args.mountpoint.is_dir() {
-        return Err(format!("{}: mount point is not a directory", args.mountpoint.display()));
+    tracing::debug!("{}: mounting on {} with {:?}", args.device.display(), args.mountpoint.display(), args.opts);
+    match std::fs::metadata(&args.mountpoint) {
+        Ok(md) if md.is_dir() => {}
+        Ok(_) => return Err(format!("{}: mount point is not a directory", args.mountpoint.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("{}: mount point does not exist", args.mountpoint.display()))
+        }
+        Err(e) => return Err(format!("{}: mount point: {e}", args.mountpoint.display())),
     }
     // Declared first so it is dropped last: the claim is held until every
     // write is flushed, and in the daemon until the process exits.
@@ -81,11 +118,7 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
         } else {
             format!("freed {} orphaned inodes", report.orphans_freed)
         };
-        eprintln!(
-            "rgfs: {}: journal was dirty: replayed {} blocks; {orphans}",
-            args.device.display(),
-            report.replayed_blocks,
-        );
+        tracing::warn!("{}: journal was dirty: replayed {} blocks; {orphans}", args.device.display(), report.replayed_blocks);
     }
     let fs = Fs::new(core, Arc::new(NoLock)).map_err(|e| e.to_string())?;
     let mut config = fuser::Config::default();
@@ -102,6 +135,10 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
         fuser::MountOption::DefaultPermissions,
         if args.opts.read_only { fuser::MountOption::RO } else { fuser::MountOption::RW },
     ];
+    // MS_NOATIME, so mount(8) and mountinfo show it.
+    if args.opts.noatime {
+        config.mount_options.push(fuser::MountOption::NoAtime);
+    }
     for f in &args.opts.fuse_flags {
         config.mount_options.push(match f.as_str() {
             "nosuid" => fuser::MountOption::NoSuid,
@@ -126,13 +163,18 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
     // The stat inside needs the session running: do it from a thread.
     let mp = args.mountpoint.clone();
     std::thread::spawn(move || raise_readahead(&mp));
+    tracing::info!("{}: mounted on {} (journal {})", args.device.display(), args.mountpoint.display(), args.opts.jid.unwrap_or(0));
     ready(Ok(()));
     spawn_signal_thread(args.mountpoint.clone());
     spawn_flusher(Arc::downgrade(&fs));
     session.run().map_err(|e| format!("FUSE session: {e}"))?;
     if fs.core.lock().is_withdrawn() {
-        return Err("the filesystem withdrew; its journal will be replayed at the next mount".into());
+        return Err(format!(
+            "{}: the filesystem withdrew; its journal will be replayed at the next mount",
+            args.device.display()
+        ));
     }
+    tracing::info!("{}: unmounted from {}", args.device.display(), args.mountpoint.display());
     Ok(())
 }
 
@@ -204,19 +246,32 @@ fn block_signals() {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version (stdout may be a closed pipe: ignore that).
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("{NAME}: {} (try --help)", rgfs::cli::usage_error(&e));
+            return ExitCode::from(1);
+        }
+    };
+    let args = match parse_args(&cli) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("mount.rgfs: {e}");
+            eprintln!("{NAME}: {e}");
             return ExitCode::from(1);
         }
     };
     block_signals();
     if args.foreground {
+        log::init(NAME, cli.verbose, Target::Stderr);
         return match serve(&args, &mut |_| {}) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("mount.rgfs: {e}");
+                eprintln!("{NAME}: {e}");
                 ExitCode::from(1)
             }
         };
@@ -225,19 +280,21 @@ fn main() -> ExitCode {
     // returns once the mount is live.
     let mut fds = [0i32; 2];
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        eprintln!("mount.rgfs: pipe: {}", std::io::Error::last_os_error());
+        eprintln!("{NAME}: pipe: {}", std::io::Error::last_os_error());
         return ExitCode::from(1);
     }
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     match unsafe { libc::fork() } {
         -1 => {
-            eprintln!("mount.rgfs: fork: {}", std::io::Error::last_os_error());
+            eprintln!("{NAME}: fork: {}", std::io::Error::last_os_error());
             ExitCode::from(1)
         }
         0 => {
             drop(rd);
             unsafe { libc::setsid() };
+            log::init(NAME, cli.verbose, Target::Daemon);
             let mut pipe = Some(std::fs::File::from(wr));
+            let detached = std::cell::Cell::new(false);
             let mut ready = |r: Result<(), String>| {
                 if let Some(mut p) = pipe.take() {
                     let msg = match r {
@@ -245,7 +302,10 @@ fn main() -> ExitCode {
                         Err(e) => e,
                     };
                     let _ = p.write_all(msg.as_bytes());
-                    // Detach from the caller's terminal once mounted.
+                    // Detach from the caller's terminal once mounted: logs
+                    // go to syslog from now on.
+                    log::detached();
+                    detached.set(true);
                     unsafe {
                         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
                         if null >= 0 {
@@ -258,7 +318,12 @@ fn main() -> ExitCode {
             };
             let r = serve(&args, &mut ready);
             if let Err(e) = &r {
-                ready(Err(e.clone()));
+                if detached.get() {
+                    // The caller has gone: only syslog can tell.
+                    tracing::error!("{e}");
+                } else {
+                    ready(Err(e.clone()));
+                }
             }
             unsafe { libc::_exit(if r.is_ok() { 0 } else { 1 }) }
         }
@@ -272,7 +337,7 @@ fn main() -> ExitCode {
                 if msg.is_empty() {
                     msg = "the mount daemon died before the mount was live".into();
                 }
-                eprintln!("mount.rgfs: {msg}");
+                eprintln!("{NAME}: {msg}");
                 ExitCode::from(1)
             }
         }

@@ -241,11 +241,11 @@ impl Filesystem for FuseFs {
 
     fn destroy(&mut self) {
         if std::env::var_os("RGFS_FUSE_STATS").is_some() {
-            eprintln!("rgfs: FUSE requests: {}", self.counts.report());
+            tracing::info!("FUSE requests: {}", self.counts.report());
         }
         let mut core = self.fs.core.lock();
         if let Err(e) = core.shutdown() {
-            eprintln!("rgfs: unmount: {e}");
+            tracing::error!("unmount: {e}");
         }
     }
 

@@ -277,7 +277,7 @@ impl Fs {
         module.set_blocking_callback(Arc::new(move |name, mode| {
             if let Some(fs) = weak.upgrade() {
                 if let Err(e) = fs.demote(name, GlockState::demote_target(mode)) {
-                    eprintln!("rgfs: demote of glock {name} failed: {e}");
+                    tracing::error!("demote of glock {name} failed: {e}");
                 }
             }
         }));

@@ -71,7 +71,11 @@ impl MountOptions {
                     }
                     self.lockproto = Some(v.to_string());
                 }
-                "locktable" => self.locktable = Some(need(key, value)?.to_string()),
+                "locktable" => {
+                    let v = need(key, value)?;
+                    crate::format::superblock::validate_locktable(v).map_err(|why| format!("locktable={v}: {why}"))?;
+                    self.locktable = Some(v.to_string());
+                }
                 "hostdata" => {
                     for part in need(key, value)?.split(':') {
                         if let Some(j) = part.strip_prefix("jid=") {
@@ -184,14 +188,19 @@ pub fn mount(dev: Arc<dyn BlockDevice>, mopts: &MountOptions) -> Result<(FsCore,
     match proto.as_str() {
         "lock_nolock" => {}
         "lock_dlm" => {
+            // Say whether lock_dlm came from the volume or from the options.
+            let why = if sb.lockproto == "lock_dlm" {
+                format!("the volume uses lock_dlm (lock table {:?})", sb.locktable)
+            } else {
+                format!("lockproto=lock_dlm asked, but the volume uses {}", sb.lockproto)
+            };
             return Err(Error::Corrupt {
                 what: "mount".into(),
                 why: format!(
-                    "{} uses lock_dlm ({}), which needs the cluster lock manager (not available in this version); \
-                     mount it on one node with -o lockproto=lock_nolock",
-                    "the filesystem", sb.locktable
+                    "{why}: lock_dlm needs the cluster lock manager (not available in this version); \
+                     mount on one node with -o lockproto=lock_nolock"
                 ),
-            })
+            });
         }
         other => {
             return Err(Error::Corrupt {

@@ -12,7 +12,7 @@ use rgfs_block::{Access, FileDevice};
 use rgfs_fsck::{check_asking, Answer, Asker, ExitCode, Mode, Options};
 
 #[derive(Parser, Debug)]
-#[command(name = "fsck.rgfs", version, about = "Check and repair a GFS2 volume")]
+#[command(name = "fsck.rgfs", bin_name = "fsck.rgfs", version, about = "Check and repair a GFS2 volume")]
 struct Cli {
     /// Change nothing; report what is wrong (the device is opened read-only).
     #[arg(short = 'n')]
@@ -47,12 +47,13 @@ fn main() {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind;
-            let code = match e.kind() {
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
-                _ => ExitCode::Usage as i32,
-            };
-            let _ = e.print();
-            std::process::exit(code);
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                // stdout may be a closed pipe: ignore that.
+                let _ = e.print();
+                std::process::exit(0);
+            }
+            eprintln!("fsck.rgfs: {} (try --help)", rgfs::cli::usage_error(&e));
+            std::process::exit(ExitCode::Usage as i32);
         }
     };
     let modes = [cli.no, cli.yes, cli.preen || cli.auto]
@@ -95,7 +96,7 @@ fn main() {
     let quiet = cli.quiet;
     let echo: rgfs_fsck::report::Echo = Box::new(move |line: &str| {
         if !(quiet && line.starts_with("fsck.rgfs: 0 problems")) {
-            println!("{line}");
+            rgfs::outln!("{line}");
         }
     });
     let ask = (mode == Mode::Ask).then(|| Box::new(ask_on_terminal) as Asker);
