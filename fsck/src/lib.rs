@@ -12,7 +12,8 @@
 //! [`pass4`] (link counts), [`pass5`] (bitmaps and counts), [`statfs`].
 //! Shared pieces: [`blockmap`] (who uses each block), [`dir`] and [`file`]
 //! (reading and editing directories and small files), [`volume`] (the
-//! device and the resource groups), [`mounted`], [`progress`].
+//! device and the resource groups), [`mounted`], [`progress`], [`written`]
+//! (counting writes).
 
 pub mod blockmap;
 pub mod check;
@@ -35,6 +36,7 @@ pub mod statfs;
 pub mod superblock;
 pub mod system;
 pub mod volume;
+pub mod written;
 
 #[cfg(feature = "populate")]
 pub mod populate;
