@@ -138,13 +138,15 @@ pub fn check_asking(
     let mut report = Report::new(opts.mode, opts.verbose, echo);
     report.set_asker(ask);
     let progress = Progress::new(opts.progress && !opts.quiet);
-    let exit = match run(dev, opts, &mut report, progress) {
+    let counted = crate::written::Counted::new(dev);
+    let exit = match run(&counted, opts, &mut report, progress) {
         Ok(()) => {
             report.summary();
             report.exit_code()
         }
         Err(e) => {
             report.fatal(e);
+            report.stopped(counted.writes());
             ExitCode::Operational
         }
     };

@@ -5,11 +5,22 @@
 //!
 //! Replay uses the filesystem's own journal code (`rgfs::journal`), so
 //! fsck and mount recover journals identically.
+//!
+//! The order rule: one writer fills the circular log block after block
+//! with rising sequence numbers, so going once round the journal the
+//! sequence of the valid headers rises at every step but one, where the
+//! newest header (the head) is followed by the oldest. Any other step where
+//! it does not rise (a fall, or the same number twice) means the log holds
+//! blocks of more than one history: two nodes writing one journal (a double
+//! mount), or headers of an older log left among the new one. Such a log
+//! has no trustworthy head, so it is never replayed (a region of it could
+//! write stale copies over newer home blocks); it is rewritten, and the
+//! later passes check what the home blocks hold.
 
 use rgfs::format::consts::{lh, MetaType};
 use rgfs::format::meta::block_type;
 use rgfs::format::{LogHeader, OnDisk};
-use rgfs::journal::head::header_at;
+use rgfs::journal::head::{for_each_block, header_at};
 use rgfs::journal::{apply_replay, find_head, plan_replay, JournalMap};
 use zerocopy::FromBytes;
 
@@ -17,53 +28,95 @@ use crate::check::Fsck;
 use crate::report::Fix;
 use crate::volume::Result;
 
+/// A valid log header: where it is and what matters for the order rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Seen {
+    lblock: u32,
+    sequence: u64,
+    unmount: bool,
+}
+
 /// What a scan of every block of a journal found.
 #[derive(Default)]
 struct Scan {
-    /// Valid log headers.
-    headers: u32,
+    /// Valid log headers, in journal order.
+    headers: Vec<Seen>,
     /// Blocks typed as log headers that do not verify (or sit at the
     /// wrong position).
     damaged: Vec<u32>,
-    /// Times the sequence number goes down between consecutive headers
-    /// (one is the wrap of the circular log).
-    decreases: u32,
-    max_sequence: u64,
 }
 
 fn scan(fs: &Fsck, map: &JournalMap) -> Result<Scan> {
-    let bsize = fs.vol.bsize();
     let mut s = Scan::default();
-    let mut last: Option<u64> = None;
-    let mut lblock = 0;
-    let mut buf = vec![0u8; bsize * 256];
-    while lblock < map.jd_blocks() {
-        let (first, len) = map.run(lblock, 256);
-        let chunk = &mut buf[..len as usize * bsize];
-        fs.vol.dev.read_at(fs.vol.geom.byte_offset(first), chunk)?;
-        for (i, block) in chunk.chunks_exact(bsize).enumerate() {
-            let at = lblock + i as u32;
-            match header_at(block, at) {
-                Some(h) => {
-                    s.headers += 1;
-                    if last.is_some_and(|l| h.sequence < l) {
-                        s.decreases += 1;
-                    }
-                    last = Some(h.sequence);
-                    s.max_sequence = s.max_sequence.max(h.sequence);
-                }
-                None if block_type(block) == Some(MetaType::LogHeader)
-                    || looks_like_header(block) =>
-                {
-                    s.damaged.push(at)
-                }
-                None => {}
+    for_each_block(fs.vol.dev, &fs.vol.geom, map, |at, block| {
+        match header_at(block, at) {
+            Some(h) => s.headers.push(Seen {
+                lblock: at,
+                sequence: h.sequence,
+                unmount: h.is_unmount(),
+            }),
+            None if block_type(block) == Some(MetaType::LogHeader) || looks_like_header(block) => {
+                s.damaged.push(at)
             }
+            None => {}
         }
-        lblock += len;
-    }
-    // The wrap from the last block back to block 0 also counts.
+        true
+    })
+    .map_err(|e| crate::volume::FsckError::Fatal(format!("journal inode {}: {e}", map.dinode)))?;
     Ok(s)
+}
+
+/// Where a journal's sequence numbers break the order rule.
+#[derive(Debug, PartialEq, Eq)]
+struct Disorder {
+    /// Steps where the sequence does not rise, besides the wrap.
+    count: usize,
+    /// The first of them in journal order: (header before, header after).
+    first: (Seen, Seen),
+    /// Every header after which the sequence does not rise is an unmount
+    /// header: whichever history's head the log ends, nothing in it is
+    /// left to replay.
+    heads_clean: bool,
+}
+
+/// Applies the order rule to the valid headers of a journal (in journal
+/// order). The wrap is the step into the lowest sequence number (its first
+/// occurrence); every other step that does not rise is out of order.
+fn disorder(headers: &[Seen]) -> Option<Disorder> {
+    let n = headers.len();
+    if n < 2 {
+        return None;
+    }
+    let lowest = headers.iter().map(|h| h.sequence).min()?;
+    // Steps (i → i+1, round the circle) where the sequence does not rise.
+    let falls: Vec<usize> = (0..n)
+        .filter(|&i| headers[(i + 1) % n].sequence <= headers[i].sequence)
+        .collect();
+    // There is always a step into the lowest number (from its predecessor).
+    let wrap = *falls.iter().find(|&&i| headers[(i + 1) % n].sequence == lowest)?;
+    let others: Vec<usize> = falls.iter().copied().filter(|&i| i != wrap).collect();
+    let &first = others.first()?;
+    Some(Disorder {
+        count: others.len(),
+        first: (headers[first], headers[(first + 1) % n]),
+        heads_clean: falls.iter().all(|&i| headers[i].unmount),
+    })
+}
+
+impl Disorder {
+    fn message(&self) -> String {
+        let (before, after) = self.first;
+        let more = match self.count {
+            1 => String::new(),
+            2 => ", and at 1 more place".to_string(),
+            n => format!(", and at {} more places", n - 1),
+        };
+        format!(
+            "log sequence numbers out of order: journal block {} has sequence {} after {} at block {}{more} \
+             (two writers, or headers of an older log)",
+            after.lblock, after.sequence, before.sequence, before.lblock
+        )
+    }
 }
 
 /// A block that starts with the magic and the log header type, whatever
@@ -124,17 +177,39 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
             }
         };
         let head = match find_head(fs.vol.dev, &fs.vol.geom, &map) {
-            Ok(h) => Some(h),
+            Ok(h) => h,
             Err(e) => {
                 if fs.problem(&object, format!("{e}"), Fix::Risky) {
                     reinitialize(fs, jid, &map, 1)?;
                 }
-                None
+                continue;
             }
         };
-        let Some(head) = head else { continue };
+        let s = scan(fs, &map)?;
+        let disorder = disorder(&s.headers);
+        // Whether the log holds nothing left to replay.
+        let clean = match &disorder {
+            Some(d) => d.heads_clean,
+            None => head.is_clean(),
+        };
+        let fix = if clean { Fix::Safe } else { Fix::Risky };
         let mut rewrite = false;
-        if !head.is_clean() {
+        if let Some(d) = &disorder {
+            // Checked before any replay: a log out of order is not replayed.
+            if fs.problem(&object, d.message(), fix) {
+                rewrite = true;
+                if !head.is_clean() {
+                    fs.report.note(
+                        &object,
+                        format!(
+                            "not replayed: a log out of order has no trustworthy head (the one found, at journal \
+                             block {}, is not an unmount header)",
+                            head.lblock
+                        ),
+                    );
+                }
+            }
+        } else if !head.is_clean() {
             match plan_replay(fs.vol.dev, &fs.vol.geom, &map, head, fs.vol.dev_blocks) {
                 Ok(plan) => {
                     let fix = if nolock { Fix::Safe } else { Fix::Risky };
@@ -163,51 +238,80 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
                 }
             }
         }
-        let s = scan(fs, &map)?;
-        if !s.damaged.is_empty() {
-            let first = s.damaged[0];
+        if let Some(&first) = s.damaged.first() {
             let msg = format!(
                 "{} damaged log headers (the first at journal block {first})",
                 s.damaged.len()
             );
-            let fix = if head.is_clean() {
-                Fix::Safe
-            } else {
-                Fix::Risky
-            };
             if fs.problem(&object, msg, fix) {
-                rewrite = true;
-            }
-        }
-        if s.decreases > 1 {
-            let fix = if head.is_clean() {
-                Fix::Safe
-            } else {
-                Fix::Risky
-            };
-            fs.report.info(format!(
-                "{object}: sequence numbers go down {} times",
-                s.decreases
-            ));
-            if fs.problem(
-                &object,
-                "log sequence numbers go backwards besides the one wrap of the log",
-                fix,
-            ) {
                 rewrite = true;
             }
         }
         fs.report.info(format!(
             "{object}: {} valid log headers, head at journal block {}",
-            s.headers, head.lblock
+            s.headers.len(),
+            head.lblock
         ));
         if rewrite && fs.vol.writable {
-            reinitialize(fs, jid, &map, s.max_sequence + 2)?;
+            let highest = s.headers.iter().map(|h| h.sequence).max().unwrap_or(0);
+            // Above every number the log held, unless that would overflow:
+            // only the order inside this journal matters.
+            let first = highest
+                .checked_add(2 + map.jd_blocks() as u64)
+                .map_or(1, |_| highest + 2);
+            reinitialize(fs, jid, &map, first)?;
             fs.report.note(&object, "rewritten as a clean, empty log");
         }
     }
     fs.progress.finish();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Headers at consecutive blocks with these sequences; `u` marks the
+    /// unmount headers by index.
+    fn log(seqs: &[u64], u: &[usize]) -> Vec<Seen> {
+        seqs.iter()
+            .enumerate()
+            .map(|(i, &sequence)| Seen { lblock: i as u32 * 3, sequence, unmount: u.contains(&i) })
+            .collect()
+    }
+
+    #[test]
+    fn one_wrap_anywhere_is_in_order() {
+        assert_eq!(disorder(&log(&[], &[])), None);
+        assert_eq!(disorder(&log(&[7], &[])), None);
+        assert_eq!(disorder(&log(&[1, 2, 3, 4], &[])), None);
+        assert_eq!(disorder(&log(&[13, 14, 10, 11, 12], &[])), None);
+        assert_eq!(disorder(&log(&[4, 1], &[])), None);
+    }
+
+    #[test]
+    fn other_falls_and_repeats_are_out_of_order() {
+        // A header of an older log in the middle.
+        let d = disorder(&log(&[10, 11, 7, 13, 14, 5], &[4, 5])).unwrap();
+        assert_eq!(d.count, 1);
+        assert_eq!((d.first.0.sequence, d.first.1.sequence, d.first.1.lblock), (11, 7, 6));
+        assert!(!d.heads_clean, "the sequence falls after 11, not an unmount header");
+        // The step into the lowest number is taken for the wrap, even when
+        // that header is the stray one.
+        let d = disorder(&log(&[10, 11, 5, 13, 14], &[])).unwrap();
+        assert_eq!((d.count, d.first.0.sequence, d.first.1.sequence, d.first.1.lblock), (1, 14, 10, 0));
+        // The same number twice.
+        let d = disorder(&log(&[1, 2, 2, 3], &[1, 3])).unwrap();
+        assert_eq!((d.count, d.first.1.lblock), (1, 6));
+        assert!(d.heads_clean);
+        // Two wraps: the step into the lowest is the wrap, the other is not.
+        let d = disorder(&log(&[5, 6, 7, 1, 2, 3, 8], &[])).unwrap();
+        assert_eq!((d.count, d.first.0.sequence, d.first.1.sequence), (1, 8, 5));
+        // Every step down but the wrap counts once.
+        let d = disorder(&log(&[9, 8, 7, 6], &[0, 1, 2, 3])).unwrap();
+        assert_eq!(d.count, 2);
+        assert!(d.heads_clean);
+    }
 }
 
 /// After pass 1 (which removed bad pointers from the journal's tree):

@@ -12,7 +12,8 @@
 //! [`pass4`] (link counts), [`pass5`] (bitmaps and counts), [`statfs`].
 //! Shared pieces: [`blockmap`] (who uses each block), [`dir`] and [`file`]
 //! (reading and editing directories and small files), [`volume`] (the
-//! device and the resource groups), [`progress`].
+//! device and the resource groups), [`progress`], [`written`] (counting
+//! writes).
 
 pub mod blockmap;
 pub mod check;
@@ -34,6 +35,7 @@ pub mod statfs;
 pub mod superblock;
 pub mod system;
 pub mod volume;
+pub mod written;
 
 #[cfg(feature = "populate")]
 pub mod populate;

@@ -254,6 +254,16 @@ impl Report {
         self.push(format!("{}: error: {message}", self.pass.name()));
     }
 
+    /// The last line of a run that stopped on an operational error: whether
+    /// it changed the volume (`writes` made before stopping).
+    pub fn stopped(&mut self, writes: u64) {
+        let line = match writes {
+            0 => "fsck.rgfs: stopped; nothing was changed".to_string(),
+            n => format!("fsck.rgfs: stopped after {n} writes to the device; the volume may be partly repaired"),
+        };
+        self.push(line);
+    }
+
     pub fn summary(&mut self) {
         let line = format!(
             "fsck.rgfs: {} problems found, {} fixed, {} left",

@@ -7,7 +7,7 @@
 //! reads `fsck_*` so a mount attempt is refused (as fsck.gfs2 does).
 
 use rgfs::format::consts::{
-    dif, MetaType, FS_FORMAT, FS_FORMAT_MIN, LOCKNAME_LEN, MULTIHOST_FORMAT, SB_OFFSET_BYTES,
+    dif, MetaType, FS_FORMAT, FS_FORMAT_MIN, GFS2_MAGIC, LOCKNAME_LEN, MULTIHOST_FORMAT, SB_OFFSET_BYTES,
 };
 use rgfs::format::meta::{block_type, Inum};
 use rgfs::format::superblock::{check_block_size, RawSuperblock};
@@ -112,7 +112,41 @@ fn search_system_dirs(vol: &Volume) -> (Option<Inum>, Option<Inum>) {
     (master, root)
 }
 
+/// Findings about the superblock, reported only once the superblock is
+/// known to be usable: a run that stops on a device it cannot use must not
+/// have said "fixed" before (nothing is written until the end of [`run`]).
+#[derive(Default)]
+struct Findings(Vec<(String, Fix)>);
+
+impl Findings {
+    fn add(&mut self, message: impl Into<String>, fix: Fix) {
+        self.0.push((message.into(), fix));
+    }
+
+    /// Reports them; returns whether any repair was accepted.
+    fn report(self, report: &mut Report) -> bool {
+        let mut accepted = false;
+        for (message, fix) in self.0 {
+            accepted |= report.problem(OBJ, message, fix);
+        }
+        accepted
+    }
+}
+
+/// Whether the device holds a GFS2 volume, however damaged: the superblock
+/// has the GFS2 magic, or its format fields still hold together (a block
+/// size with its shift, the two format numbers), or a resource group header
+/// follows it. Zeros, random bytes and other filesystems fail all three.
+fn looks_like_gfs2(dev: &dyn BlockDevice, raw: &RawSuperblock) -> bool {
+    let fields_hold = check_block_size(raw.sb_bsize.get()).is_ok_and(|shift| shift == raw.sb_bsize_shift.get())
+        && (FS_FORMAT_MIN..=FS_FORMAT).contains(&raw.sb_fs_format.get())
+        && raw.sb_multihost_format.get() == MULTIHOST_FORMAT;
+    raw.sb_header.mh_magic.get() == GFS2_MAGIC || fields_hold || probe_block_size(dev).is_some()
+}
+
 /// Checks the superblock; returns it (repaired in memory if it had to be).
+/// A device that does not look like GFS2 at all ([`looks_like_gfs2`]) is
+/// an operational error, and nothing is written.
 pub fn run(dev: &dyn BlockDevice, report: &mut Report) -> Result<Superblock> {
     let mut buf = vec![0u8; 4096];
     if dev.size() < SB_OFFSET_BYTES + buf.len() as u64 {
@@ -123,31 +157,34 @@ pub fn run(dev: &dyn BlockDevice, report: &mut Report) -> Result<Superblock> {
     }
     dev.read_at(SB_OFFSET_BYTES, &mut buf)?;
     let raw = *RawSuperblock::ref_from_prefix(&buf).expect("4096 bytes").0;
-    let decoded = Superblock::decode(&buf);
-    let mut write = false;
-    let mut sb = match decoded {
+    if !looks_like_gfs2(dev, &raw) {
+        return fatal(format!(
+            "no GFS2 superblock at byte {SB_OFFSET_BYTES} (magic {:#010x}, not {GFS2_MAGIC:#010x}) and no resource \
+             group header after it: not a GFS2 filesystem",
+            raw.sb_header.mh_magic.get()
+        ));
+    }
+    let mut findings = Findings::default();
+    let mut sb = match Superblock::decode(&buf) {
         Ok(sb) => sb,
         Err(e) => {
             report.note(
                 OBJ,
                 format!("cannot be read as it is ({e}); rebuilding it from the volume"),
             );
-            rebuild(dev, &raw, report, &mut write)?
+            rebuild(dev, &raw, &mut findings)?
         }
     };
     // A lock protocol left as fsck_* by an interrupted fsck.
     if let Some(rest) = sb.lockproto.strip_prefix("fsck_") {
         let fixed = format!("lock_{rest}");
-        if report.problem(
-            OBJ,
+        findings.add(
             format!(
                 "lock protocol is {:?} (left by an interrupted fsck), should be {fixed:?}",
                 sb.lockproto
             ),
             Fix::Safe,
-        ) {
-            write = true;
-        }
+        );
         sb.lockproto = fixed;
     }
     let geom =
@@ -164,16 +201,13 @@ pub fn run(dev: &dyn BlockDevice, report: &mut Report) -> Result<Superblock> {
         match dir_at(&vol, inum.addr) {
             Some(d) if d.num.formal_ino == inum.formal_ino => continue,
             Some(d) => {
-                if report.problem(
-                    OBJ,
+                findings.add(
                     format!(
                         "{field} formal inode number is {}, the directory's is {}",
                         inum.formal_ino, d.num.formal_ino
                     ),
                     Fix::Safe,
-                ) {
-                    write = true;
-                }
+                );
                 if which == 0 {
                     sb.master_dir = d.num;
                 } else {
@@ -190,9 +224,7 @@ pub fn run(dev: &dyn BlockDevice, report: &mut Report) -> Result<Superblock> {
         let found = if which == 0 { found_master } else { found_root };
         match found {
             Some(num) => {
-                if report.problem(OBJ, format!("{field} points to block {}, which is not the directory; found it at block {}", inum.addr, num.addr), Fix::Risky) {
-                    write = true;
-                }
+                findings.add(format!("{field} points to block {}, which is not the directory; found it at block {}", inum.addr, num.addr), Fix::Risky);
                 if which == 0 {
                     sb.master_dir = num;
                 } else {
@@ -204,26 +236,16 @@ pub fn run(dev: &dyn BlockDevice, report: &mut Report) -> Result<Superblock> {
             }
         }
     }
-    if write {
+    if findings.report(report) {
         write_superblock(dev, &sb)?;
     }
     Ok(sb)
 }
 
 /// Rebuilds a superblock that does not decode, field by field.
-fn rebuild(
-    dev: &dyn BlockDevice,
-    raw: &RawSuperblock,
-    report: &mut Report,
-    write: &mut bool,
-) -> Result<Superblock> {
-    let mut fix = |report: &mut Report, msg: String, fix: Fix| {
-        if report.problem(OBJ, msg, fix) {
-            *write = true;
-        }
-    };
+fn rebuild(dev: &dyn BlockDevice, raw: &RawSuperblock, findings: &mut Findings) -> Result<Superblock> {
     if let Err(e) = raw.sb_header.check(MetaType::Superblock) {
-        fix(report, format!("bad metadata header: {e}"), Fix::Safe);
+        findings.add(format!("bad metadata header: {e}"), Fix::Safe);
     }
     let bsize = raw.sb_bsize.get();
     let bsize = match check_block_size(bsize) {
@@ -235,8 +257,7 @@ fn rebuild(
         }
         _ => match probe_block_size(dev) {
             Some(found) => {
-                fix(
-                    report,
+                findings.add(
                     format!(
                         "block size {bsize} (shift {}) is wrong; the resource groups say {found}",
                         raw.sb_bsize_shift.get()
@@ -245,25 +266,24 @@ fn rebuild(
                 );
                 found
             }
-            None => return fatal(
-                "no superblock, and no resource group to tell the block size: not a GFS2 volume?",
-            ),
+            None => {
+                return fatal(format!(
+                    "the superblock's block size {bsize} (shift {}) is impossible, and no resource group \
+                     header tells the right one",
+                    raw.sb_bsize_shift.get()
+                ))
+            }
         },
     };
     let fs_format = raw.sb_fs_format.get();
     let fs_format = if (FS_FORMAT_MIN..=FS_FORMAT).contains(&fs_format) {
         fs_format
     } else {
-        fix(
-            report,
-            format!("sb_fs_format is {fs_format}, should be {FS_FORMAT}"),
-            Fix::Safe,
-        );
+        findings.add(format!("sb_fs_format is {fs_format}, should be {FS_FORMAT}"), Fix::Safe);
         FS_FORMAT
     };
     if raw.sb_multihost_format.get() != MULTIHOST_FORMAT {
-        fix(
-            report,
+        findings.add(
             format!(
                 "sb_multihost_format is {}, should be {MULTIHOST_FORMAT}",
                 raw.sb_multihost_format.get()
@@ -272,11 +292,7 @@ fn rebuild(
         );
     }
     let locktable = lock_name(&raw.sb_locktable).unwrap_or_else(|| {
-        fix(
-            report,
-            "sb_locktable is not a NUL-terminated name; cleared".into(),
-            Fix::Risky,
-        );
+        findings.add("sb_locktable is not a NUL-terminated name; cleared", Fix::Risky);
         String::new()
     });
     let lockproto = lock_name(&raw.sb_lockproto).unwrap_or_else(|| {
@@ -285,11 +301,7 @@ fn rebuild(
         } else {
             "lock_nolock"
         };
-        fix(
-            report,
-            format!("sb_lockproto is not a NUL-terminated name; set to {guess}"),
-            Fix::Risky,
-        );
+        findings.add(format!("sb_lockproto is not a NUL-terminated name; set to {guess}"), Fix::Risky);
         guess.to_string()
     });
     Ok(Superblock {

@@ -82,6 +82,13 @@ fn run_case(case: &Case) -> (String, Vec<String>) {
     let gfs2_copy = case_path(&format!("{}-gfs2", case.name));
     write_sparse(&gfs2_copy, &corrupted);
 
+    // What fsck.gfs2 says of the damage (for the record: some damage it
+    // does not notice, see docs/fsck.md).
+    let (seen, seen_out) = fsck_gfs2(&gfs2_copy, "-n");
+    eprintln!("{}: fsck.gfs2 -n on the damage: exit {seen}", case.name);
+    if std::env::var_os("RGFS_SHOW_GFS2").is_some() {
+        eprintln!("{}", tail(&seen_out));
+    }
     let before = fsck_dev(&dev, Mode::No);
     if before.exit != ExitCode::Uncorrected {
         failures.push(format!(

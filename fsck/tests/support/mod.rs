@@ -613,39 +613,28 @@ pub fn corrupt(dev: &dyn BlockDevice, command: &str) {
             // the head, without UNMOUNT: replay writes it home.
             let (map, head) = journal(&img, &vol, jid);
             let home = block_spec(&img, &vol, target);
-            let head_buf = read(dev, bsize, map.block(head));
-            let old = LogHeader::decode(&head_buf).unwrap();
-            let (ld_at, copy_at, lh_at) = (
-                map.next(head),
-                map.next(map.next(head)),
-                map.next(map.next(map.next(head))),
-            );
-            let mut ld = vec![0u8; bsize];
-            LogDescriptor {
-                kind: DescriptorKind::Metadata,
-                length: 2,
-                data1: 1,
-                data2: 0,
+            let old = LogHeader::decode(&read(dev, bsize, map.block(head))).unwrap();
+            write_commit(dev, bsize, &map, map.next(head), old.sequence + 1, home);
+        }
+        ["journal", jid, "renumber", first] => {
+            // A clean log as mkfs leaves it, with known numbers: block N
+            // holds an unmount header of sequence FIRST + N.
+            let (map, _) = journal(&img, &vol, jid);
+            let first: u64 = parse_value(first);
+            for l in 0..map.jd_blocks() {
+                write_log_header(dev, bsize, &map, l, first + l as u64, lh::UNMOUNT, l);
             }
-            .encode_into(&mut ld);
-            ld[LOG_DESCRIPTOR_SIZE..LOG_DESCRIPTOR_SIZE + 8].copy_from_slice(&home.to_be_bytes());
-            write(dev, bsize, map.block(ld_at), &ld);
-            // The logged copy: the current block with its mtime changed.
-            let mut copy = read(dev, bsize, home);
-            put(&mut copy, 88, 8, 1_234_567);
-            write(dev, bsize, map.block(copy_at), &copy);
-            let h = LogHeader {
-                sequence: old.sequence + 1,
-                flags: lh::FLUSH_NORMAL,
-                tail: ld_at,
-                blkno: lh_at,
-                addr: map.block(lh_at),
-                jinode: map.dinode,
-                ..LogHeader::default()
-            };
-            let mut lhb = vec![0u8; bsize];
-            h.encode_into(&mut lhb);
-            write(dev, bsize, map.block(lh_at), &lhb);
+        }
+        ["journal", jid, "commit", at, seq, target] => {
+            let (map, _) = journal(&img, &vol, jid);
+            let home = block_spec(&img, &vol, target);
+            write_commit(dev, bsize, &map, at.parse().unwrap(), parse_value(seq), home);
+        }
+        ["journal", jid, kind @ ("unmount" | "flush"), at, seq] => {
+            let (map, _) = journal(&img, &vol, jid);
+            let flags = if *kind == "unmount" { lh::UNMOUNT } else { lh::FLUSH_NORMAL };
+            let at = at.parse().unwrap();
+            write_log_header(dev, bsize, &map, at, parse_value(seq), flags, at);
         }
         ["journal", jid, "garbage", n] => {
             let (map, _) = journal(&img, &vol, jid);
@@ -656,6 +645,43 @@ pub fn corrupt(dev: &dyn BlockDevice, command: &str) {
         _ => panic!("unknown corruption command: {command}"),
     }
     dev.flush().unwrap();
+}
+
+/// Writes a log header at journal block `at`.
+fn write_log_header(dev: &dyn BlockDevice, bsize: usize, map: &JournalMap, at: u32, sequence: u64, flags: u32, tail: u32) {
+    let h = LogHeader {
+        sequence,
+        flags,
+        tail,
+        blkno: at,
+        addr: map.block(at),
+        jinode: map.dinode,
+        ..LogHeader::default()
+    };
+    let mut b = vec![0u8; bsize];
+    h.encode_into(&mut b);
+    write(dev, bsize, map.block(at), &b);
+}
+
+/// Writes a commit logging block `home` (its current contents with the
+/// mtime changed) at journal blocks `at` (descriptor), `at + 1` (the copy)
+/// and `at + 2` (the header, sequence `sequence`, tail `at`).
+fn write_commit(dev: &dyn BlockDevice, bsize: usize, map: &JournalMap, at: u32, sequence: u64, home: u64) {
+    let (copy_at, lh_at) = (map.next(at), map.next(map.next(at)));
+    let mut ld = vec![0u8; bsize];
+    LogDescriptor {
+        kind: DescriptorKind::Metadata,
+        length: 2,
+        data1: 1,
+        data2: 0,
+    }
+    .encode_into(&mut ld);
+    ld[LOG_DESCRIPTOR_SIZE..LOG_DESCRIPTOR_SIZE + 8].copy_from_slice(&home.to_be_bytes());
+    write(dev, bsize, map.block(at), &ld);
+    let mut copy = read(dev, bsize, home);
+    put(&mut copy, 88, 8, 1_234_567);
+    write(dev, bsize, map.block(copy_at), &copy);
+    write_log_header(dev, bsize, map, lh_at, sequence, lh::FLUSH_NORMAL, at);
 }
 
 fn journal(img: &Image, vol: &Volume, jid: &str) -> (JournalMap, u32) {
