@@ -26,20 +26,26 @@ pub fn bin_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
 }
 
-/// The mount.rgfs binary; builds it if it is missing (running one test
-/// crate alone does not build other packages' binaries).
+/// The mount.rgfs binary; built if missing.
 pub fn mount_bin() -> PathBuf {
-    let bin = bin_dir().join("mount-rgfs");
+    workspace_bin("mount-rgfs", "rgfs")
+}
+
+/// A binary of the workspace (`name` of package `package`); builds it if it
+/// is missing (running one test crate alone does not build other packages'
+/// binaries; `cargo test --workspace` builds them all first).
+pub fn workspace_bin(name: &str, package: &str) -> PathBuf {
+    let bin = bin_dir().join(name);
     if !bin.exists() {
         let release = bin_dir().ends_with("release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "rgfs", "--bin", "mount-rgfs"]);
+        cmd.args(["build", "-p", package, "--bin", name]);
         if release {
             cmd.arg("--release");
         }
         let st = cmd.status().expect("run cargo build");
-        assert!(st.success() && bin.exists(), "mount-rgfs missing at {} and could not be built", bin.display());
+        assert!(st.success() && bin.exists(), "{name} missing at {} and could not be built", bin.display());
     }
     bin
 }
