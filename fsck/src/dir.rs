@@ -3,7 +3,7 @@
 //!
 //! Reading is forgiving: a damaged dirent area yields the entries before the
 //! damage (pass 2 reports and repairs damage; other passes only need the
-//! names). Editing follows the kernel's rules (gfs2-format brief §4): a full
+//! names). Editing follows the kernel's rules (docs/disk-format.md §6): a full
 //! linear directory becomes exhash with a stuffed table of `bsize / 16`
 //! pointers; a full leaf splits while its depth is below the table's, the
 //! table doubles (moving into JD blocks when it outgrows the dinode) up to

@@ -401,7 +401,7 @@ mod tests {
         }
     }
 
-    /// The plan of the reference image (brief §9.2): `mkfs.gfs2 -j 2` on a
+    /// The plan of the reference image (docs/disk-format.md §11.1): `mkfs.gfs2 -j 2` on a
     /// 1 GiB file with 4 KiB blocks.
     #[test]
     fn reproduces_the_reference_image_plan() {

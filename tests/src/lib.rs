@@ -26,8 +26,7 @@ pub fn bin_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
 }
 
-/// The mount.rgfs binary; builds it if it is missing (running one test
-/// crate alone does not build other packages' binaries).
+/// The mount.rgfs binary; built if missing.
 pub fn mount_bin() -> PathBuf {
     workspace_bin("rgfs", "mount-rgfs")
 }

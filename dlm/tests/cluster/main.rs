@@ -17,7 +17,7 @@ use rgfs_dlm::cluster::auth::ClusterKey;
 use rgfs_dlm::engine::{Flags, Mode, SbFlags, Status};
 use rgfs_dlm::proto as pb;
 
-/// §A.2 EX excludes everything: many clients on all nodes increment a counter kept
+/// R1 EX excludes everything: many clients on all nodes increment a counter kept
 /// in a file, read-modify-write under an EX lock; no two are ever inside together and
 /// no increment is lost.
 async fn ex_holders_never_overlap(transport: Transport) {
@@ -52,7 +52,7 @@ async fn ex_holders_never_overlap(transport: Transport) {
     assert_eq!(total, CLIENTS * ROUNDS);
 }
 
-/// §A.6 A holder gets a blocking callback carrying the mode of the request that
+/// R5 A holder gets a blocking callback carrying the mode of the request that
 /// waits behind it; when it lets go, the waiter is granted.
 async fn holder_receives_blocking_callback_when_a_conflicting_request_waits(transport: Transport) {
     let cluster = Cluster::start(transport);
@@ -69,7 +69,7 @@ async fn holder_receives_blocking_callback_when_a_conflicting_request_waits(tran
     assert_eq!((waiter_granted.status, waiter_granted.mode), (Status::Granted, Some(Mode::PR)));
 }
 
-/// §A.5 The LVB written by a down-conversion from EX is what the next
+/// R4 The LVB written by a down-conversion from EX is what the next
 /// up-conversion reads, on the writer's node and on another node.
 async fn lvb_written_on_down_conversion_is_read_by_the_next_up_conversion(transport: Transport) {
     let cluster = Cluster::start(transport);
@@ -87,7 +87,7 @@ async fn lvb_written_on_down_conversion_is_read_by_the_next_up_conversion(transp
     assert_eq!(other.lvb.map(|l| l.bytes), Some(value));
 }
 
-/// §A.4 NOQUEUE is refused while a conflicting lock is held, through the library
+/// R3 NOQUEUE is refused while a conflicting lock is held, through the library
 /// and through `rgfs-dlm lock --noqueue` (exit code 3); granted once it is released.
 async fn noqueue_is_refused_while_a_conflicting_lock_is_held(transport: Transport) {
     let cluster = Cluster::start(transport);
@@ -114,7 +114,7 @@ async fn noqueue_is_refused_while_a_conflicting_lock_is_held(transport: Transpor
     assert_eq!(within("rgfs-dlm lock", status).await.unwrap().code(), Some(0));
 }
 
-/// §A.3 Waiters are granted in the order their requests reached the master, across
+/// R2 Waiters are granted in the order their requests reached the master, across
 /// clients on different nodes.
 async fn waiters_are_granted_in_fifo_order(transport: Transport) {
     let cluster = Cluster::start(transport);
@@ -148,7 +148,7 @@ async fn waiters_are_granted_in_fifo_order(transport: Transport) {
     assert_eq!(*order.lock(), vec![0, 1, 2, 3]);
 }
 
-/// §A.7 Two PR holders converting to EX: the second conversion is refused with a
+/// R6 Two PR holders converting to EX: the second conversion is refused with a
 /// deadlock and keeps PR; with CONVDEADLK it is demoted to NL and goes through.
 async fn conversion_deadlock_is_detected(transport: Transport) {
     let cluster = Cluster::start(transport);
@@ -171,7 +171,7 @@ async fn conversion_deadlock_is_detected(transport: Transport) {
     assert!(b_granted.sb_flags.contains(SbFlags::DEMOTED));
 }
 
-/// §A.8 Resources are mastered on each of the three daemons, each where the
+/// R7 Resources are mastered on each of the three daemons, each where the
 /// mastering function says.
 async fn resources_are_mastered_on_each_daemon(transport: Transport) {
     let cluster = Cluster::start(transport);
@@ -351,7 +351,7 @@ async fn a_dead_master_fails_its_operations_and_the_rest_keeps_working(transport
     }
 }
 
-/// §A.3 Cancel through the library: a waiting request completes with `Cancelled`
+/// R2 Cancel through the library: a waiting request completes with `Cancelled`
 /// and its cancel reports `true`; cancelling a granted lock reports `false`. The
 /// counters of `rgfs-dlm status` show what happened.
 async fn cancel_and_status_counters(transport: Transport) {

@@ -1,6 +1,6 @@
 //! Directories: linear (dirents stuffed in the dinode block) and exhash
 //! (a hash table of leaf pointers, stuffed or in JD blocks, and leaves with
-//! splits, table doubling and chains), as GFS2 lays them out (brief §4).
+//! splits, table doubling and chains), as GFS2 lays them out (docs/disk-format.md §6).
 //!
 //! Invariants:
 //! - `di.entries` counts the used dirents including "." and "..";
@@ -269,7 +269,7 @@ impl FsCore {
         Ok(())
     }
 
-    /// Converts a full linear directory to exhash (brief §4.3).
+    /// Converts a full linear directory to exhash (docs/disk-format.md §6.2).
     fn dir_to_exhash(&mut self, dir: u64) -> Result<()> {
         let bsize = self.geom.bsize as usize;
         let entries = self.inode(dir)?.di.entries;

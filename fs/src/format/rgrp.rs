@@ -333,7 +333,7 @@ impl OnDisk for RgrpLvb {
 mod tests {
     use super::*;
 
-    /// Rgrp 0 of the reference image made by mkfs.gfs2 (gfs2-format brief §9.2).
+    /// Rgrp 0 of the reference image made by mkfs.gfs2 (docs/disk-format.md §11.1).
     #[test]
     fn rg_crc_matches_mkfs_gfs2() {
         let cases = [

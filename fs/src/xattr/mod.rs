@@ -1,4 +1,4 @@
-//! Extended attributes stored as GFS2 EAs (brief §3.4): records in EA
+//! Extended attributes stored as GFS2 EAs (docs/disk-format.md §7): records in EA
 //! blocks reached from `di_eattr` (directly, or through an EA_INDIRECT
 //! block of pointers), large values in ED blocks. POSIX ACLs are the
 //! `system.posix_acl_access` / `system.posix_acl_default` attributes (type

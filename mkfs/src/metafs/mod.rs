@@ -4,7 +4,7 @@
 //! resource groups.
 //!
 //! Creation order and allocation follow mkfs.gfs2 3.5 exactly, so both
-//! tools put every system inode at the same address (brief §5):
+//! tools put every system inode at the same address (docs/disk-format.md §11):
 //! master → jindex (+ an entry per journal) → per_node → for each journal
 //! inum_range, statfs_change, quota_change → inum → statfs → rindex →
 //! quota → root. Formal inode numbers count up from 1 in creation order
@@ -276,7 +276,7 @@ mod tests {
         (layout, sys)
     }
 
-    /// Every system inode of the reference image (brief §9.3), at the same
+    /// Every system inode of the reference image (docs/disk-format.md §11.1), at the same
     /// block with the same formal number.
     #[test]
     fn system_inodes_land_where_mkfs_gfs2_puts_them() {
