@@ -28,8 +28,7 @@ fi
 cd "$(dirname "$0")/.."
 bin=${CARGO_TARGET_DIR:-$PWD/target}/release
 
-# The one list: built name:installed name[:optional]. An optional binary is
-# installed when it was built and skipped otherwise.
+# The one list: built name:installed name.
 binaries=(
   mount-rgfs:mount.rgfs
   mkfs-rgfs:mkfs.rgfs
@@ -43,8 +42,8 @@ links=(mount.fuse.rgfs:mount.rgfs)
 
 if $uninstall; then
   for entry in "${binaries[@]}" "${links[@]}"; do
-    # Binaries are "built:installed[:optional]"; links are "link:target".
-    IFS=: read -r _ name _ <<<"$entry"
+    # Binaries are "built:installed"; links are "link:target".
+    IFS=: read -r _ name <<<"$entry"
     case " ${links[*]} " in *" $entry "*) name=${entry%%:*} ;; esac
     if [ -e "$dest/$name" ] || [ -L "$dest/$name" ]; then
       rm -f -- "$dest/$name"
@@ -55,17 +54,19 @@ if $uninstall; then
 fi
 
 cargo build --release --workspace --quiet
-install -d "$dest"
+# Every binary must be there before the first is installed: a half
+# install would mix two versions.
 for entry in "${binaries[@]}"; do
-  IFS=: read -r built name optional <<<"$entry"
-  src=$bin/$built
+  src=$bin/${entry%%:*}
   if [ ! -x "$src" ]; then
-    if [ "$optional" = optional ]; then
-      continue
-    fi
     echo "install.sh: $src was not built" >&2
     exit 1
   fi
+done
+install -d "$dest"
+for entry in "${binaries[@]}"; do
+  IFS=: read -r built name <<<"$entry"
+  src=$bin/$built
   install -s -m 0755 "$src" "$dest/$name"
   echo "installed $dest/$name"
 done

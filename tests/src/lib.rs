@@ -182,6 +182,12 @@ impl Mounted {
         }
     }
 
+    /// Takes the server out of the guard: the caller ends the mount and
+    /// reaps the process.
+    pub fn take_server(mut self) -> Child {
+        self.child.take().expect("child")
+    }
+
     /// SIGKILL to the daemon (a crash), then a lazy unmount.
     pub fn kill9(mut self) {
         let mut child = self.child.take().expect("child");
