@@ -59,6 +59,18 @@ fn an_ext4_image() {
     let _ = std::fs::remove_file(&path);
 }
 
+/// The populated base image with `bytes` written at each offset.
+fn base_with(name: &str, writes: &[(u64, &[u8])]) -> std::path::PathBuf {
+    use std::os::unix::fs::FileExt;
+    let path = case_path(name);
+    write_sparse(&path, base_image());
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    for (offset, bytes) in writes {
+        f.write_all_at(bytes, *offset).unwrap();
+    }
+    path
+}
+
 /// A GFS2 image whose superblock block and first resource group header
 /// were zeroed: nothing is left to tell it is GFS2.
 #[test]
@@ -66,13 +78,8 @@ fn a_gfs2_image_without_superblock_and_first_group() {
     if !have_gfs2_utils() {
         return;
     }
-    let path = case_path("not-gfs2-wiped");
-    write_sparse(&path, base_image());
     // The superblock (block 16 of 4 KiB) and the first group (block 17).
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    f.write_all_at(&[0u8; 2 * 4096], 16 * 4096).unwrap();
-    drop(f);
+    let path = base_with("not-gfs2-wiped", &[(16 * 4096, &[0u8; 2 * 4096])]);
     check_untouched(&path, "wiped GFS2");
     let _ = std::fs::remove_file(&path);
 }
@@ -85,13 +92,7 @@ fn a_damaged_gfs2_superblock_is_still_repaired() {
     if !have_gfs2_utils() {
         return;
     }
-    let path = case_path("damaged-sb-header");
-    write_sparse(&path, base_image());
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    f.write_all_at(&4u32.to_be_bytes(), 65536 + 4).unwrap();
-    f.write_all_at(&[0u8; 4096], 17 * 4096).unwrap();
-    drop(f);
+    let path = base_with("damaged-sb-header", &[(65536 + 4, &4u32.to_be_bytes()), (17 * 4096, &[0u8; 4096])]);
     let bin = env!("CARGO_BIN_EXE_fsck-rgfs");
     let out = Command::new(bin).arg("-y").arg(&path).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
