@@ -93,7 +93,9 @@ fn disorder(headers: &[Seen]) -> Option<Disorder> {
         .filter(|&i| headers[(i + 1) % n].sequence <= headers[i].sequence)
         .collect();
     // There is always a step into the lowest number (from its predecessor).
-    let wrap = *falls.iter().find(|&&i| headers[(i + 1) % n].sequence == lowest)?;
+    let wrap = *falls
+        .iter()
+        .find(|&&i| headers[(i + 1) % n].sequence == lowest)?;
     let others: Vec<usize> = falls.iter().copied().filter(|&i| i != wrap).collect();
     let &first = others.first()?;
     Some(Disorder {
@@ -395,7 +397,11 @@ mod tests {
     fn log(seqs: &[u64], u: &[usize]) -> Vec<Seen> {
         seqs.iter()
             .enumerate()
-            .map(|(i, &sequence)| Seen { lblock: i as u32 * 3, sequence, unmount: u.contains(&i) })
+            .map(|(i, &sequence)| Seen {
+                lblock: i as u32 * 3,
+                sequence,
+                unmount: u.contains(&i),
+            })
             .collect()
     }
 
@@ -413,12 +419,26 @@ mod tests {
         // A header of an older log in the middle.
         let d = disorder(&log(&[10, 11, 7, 13, 14, 5], &[4, 5])).unwrap();
         assert_eq!(d.count, 1);
-        assert_eq!((d.first.0.sequence, d.first.1.sequence, d.first.1.lblock), (11, 7, 6));
-        assert!(!d.heads_clean, "the sequence falls after 11, not an unmount header");
+        assert_eq!(
+            (d.first.0.sequence, d.first.1.sequence, d.first.1.lblock),
+            (11, 7, 6)
+        );
+        assert!(
+            !d.heads_clean,
+            "the sequence falls after 11, not an unmount header"
+        );
         // The step into the lowest number is taken for the wrap, even when
         // that header is the stray one.
         let d = disorder(&log(&[10, 11, 5, 13, 14], &[])).unwrap();
-        assert_eq!((d.count, d.first.0.sequence, d.first.1.sequence, d.first.1.lblock), (1, 14, 10, 0));
+        assert_eq!(
+            (
+                d.count,
+                d.first.0.sequence,
+                d.first.1.sequence,
+                d.first.1.lblock
+            ),
+            (1, 14, 10, 0)
+        );
         // The same number twice.
         let d = disorder(&log(&[1, 2, 2, 3], &[1, 3])).unwrap();
         assert_eq!((d.count, d.first.1.lblock), (1, 6));

@@ -41,7 +41,12 @@ fn preen_rewrites_a_double_mounted_journal_only_when_both_unmounted() {
     ]);
     let run = fsck_dev(&dev, Mode::Preen);
     assert_eq!(run.exit, ExitCode::Corrected, "{}", run.report);
-    assert!(run.report.contains("out of order: journal block 5 has sequence 3049 after 3051 at block 3"), "{}", run.report);
+    assert!(
+        run.report
+            .contains("out of order: journal block 5 has sequence 3049 after 3051 at block 3"),
+        "{}",
+        run.report
+    );
     assert_eq!(fsck_dev(&dev, Mode::No).exit, ExitCode::Clean);
 
     // The later writer did not unmount: its last header may be the head of
@@ -56,7 +61,12 @@ fn preen_rewrites_a_double_mounted_journal_only_when_both_unmounted() {
     let before = dev.snapshot();
     let run = fsck_dev(&dev, Mode::Preen);
     assert_eq!(run.exit, ExitCode::Uncorrected, "{}", run.report);
-    assert!(run.report.contains("(two writers, or headers of an older log): not fixed"), "{}", run.report);
+    assert!(
+        run.report
+            .contains("(two writers, or headers of an older log): not fixed"),
+        "{}",
+        run.report
+    );
     assert!(!run.report.contains("replayed"), "{}", run.report);
     assert!(dev.snapshot() == before, "preen changed the image");
 }
