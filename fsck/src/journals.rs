@@ -93,7 +93,9 @@ fn disorder(headers: &[Seen]) -> Option<Disorder> {
         .filter(|&i| headers[(i + 1) % n].sequence <= headers[i].sequence)
         .collect();
     // There is always a step into the lowest number (from its predecessor).
-    let wrap = *falls.iter().find(|&&i| headers[(i + 1) % n].sequence == lowest)?;
+    let wrap = *falls
+        .iter()
+        .find(|&&i| headers[(i + 1) % n].sequence == lowest)?;
     let others: Vec<usize> = falls.iter().copied().filter(|&i| i != wrap).collect();
     let &first = others.first()?;
     Some(Disorder {
@@ -267,53 +269,6 @@ pub fn run(fs: &mut Fsck) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Headers at consecutive blocks with these sequences; `u` marks the
-    /// unmount headers by index.
-    fn log(seqs: &[u64], u: &[usize]) -> Vec<Seen> {
-        seqs.iter()
-            .enumerate()
-            .map(|(i, &sequence)| Seen { lblock: i as u32 * 3, sequence, unmount: u.contains(&i) })
-            .collect()
-    }
-
-    #[test]
-    fn one_wrap_anywhere_is_in_order() {
-        assert_eq!(disorder(&log(&[], &[])), None);
-        assert_eq!(disorder(&log(&[7], &[])), None);
-        assert_eq!(disorder(&log(&[1, 2, 3, 4], &[])), None);
-        assert_eq!(disorder(&log(&[13, 14, 10, 11, 12], &[])), None);
-        assert_eq!(disorder(&log(&[4, 1], &[])), None);
-    }
-
-    #[test]
-    fn other_falls_and_repeats_are_out_of_order() {
-        // A header of an older log in the middle.
-        let d = disorder(&log(&[10, 11, 7, 13, 14, 5], &[4, 5])).unwrap();
-        assert_eq!(d.count, 1);
-        assert_eq!((d.first.0.sequence, d.first.1.sequence, d.first.1.lblock), (11, 7, 6));
-        assert!(!d.heads_clean, "the sequence falls after 11, not an unmount header");
-        // The step into the lowest number is taken for the wrap, even when
-        // that header is the stray one.
-        let d = disorder(&log(&[10, 11, 5, 13, 14], &[])).unwrap();
-        assert_eq!((d.count, d.first.0.sequence, d.first.1.sequence, d.first.1.lblock), (1, 14, 10, 0));
-        // The same number twice.
-        let d = disorder(&log(&[1, 2, 2, 3], &[1, 3])).unwrap();
-        assert_eq!((d.count, d.first.1.lblock), (1, 6));
-        assert!(d.heads_clean);
-        // Two wraps: the step into the lowest is the wrap, the other is not.
-        let d = disorder(&log(&[5, 6, 7, 1, 2, 3, 8], &[])).unwrap();
-        assert_eq!((d.count, d.first.0.sequence, d.first.1.sequence), (1, 8, 5));
-        // Every step down but the wrap counts once.
-        let d = disorder(&log(&[9, 8, 7, 6], &[0, 1, 2, 3])).unwrap();
-        assert_eq!(d.count, 2);
-        assert!(d.heads_clean);
-    }
-}
-
 /// After pass 1 (which removed bad pointers from the journal's tree):
 /// gives every hole of a journal that could not be mapped a new block, and
 /// writes it as a clean, empty log. Its old contents were unreadable.
@@ -431,4 +386,69 @@ fn fill_holes(fs: &mut Fsck, addr: u64, nblocks: u64, height: u16) -> Result<()>
     raw.di_blocks = (raw.di_blocks.get() + added).into();
     fs.vol.write(addr, &dinode)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Headers at consecutive blocks with these sequences; `u` marks the
+    /// unmount headers by index.
+    fn log(seqs: &[u64], u: &[usize]) -> Vec<Seen> {
+        seqs.iter()
+            .enumerate()
+            .map(|(i, &sequence)| Seen {
+                lblock: i as u32 * 3,
+                sequence,
+                unmount: u.contains(&i),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_wrap_anywhere_is_in_order() {
+        assert_eq!(disorder(&log(&[], &[])), None);
+        assert_eq!(disorder(&log(&[7], &[])), None);
+        assert_eq!(disorder(&log(&[1, 2, 3, 4], &[])), None);
+        assert_eq!(disorder(&log(&[13, 14, 10, 11, 12], &[])), None);
+        assert_eq!(disorder(&log(&[4, 1], &[])), None);
+    }
+
+    #[test]
+    fn other_falls_and_repeats_are_out_of_order() {
+        // A header of an older log in the middle.
+        let d = disorder(&log(&[10, 11, 7, 13, 14, 5], &[4, 5])).unwrap();
+        assert_eq!(d.count, 1);
+        assert_eq!(
+            (d.first.0.sequence, d.first.1.sequence, d.first.1.lblock),
+            (11, 7, 6)
+        );
+        assert!(
+            !d.heads_clean,
+            "the sequence falls after 11, not an unmount header"
+        );
+        // The step into the lowest number is taken for the wrap, even when
+        // that header is the stray one.
+        let d = disorder(&log(&[10, 11, 5, 13, 14], &[])).unwrap();
+        assert_eq!(
+            (
+                d.count,
+                d.first.0.sequence,
+                d.first.1.sequence,
+                d.first.1.lblock
+            ),
+            (1, 14, 10, 0)
+        );
+        // The same number twice.
+        let d = disorder(&log(&[1, 2, 2, 3], &[1, 3])).unwrap();
+        assert_eq!((d.count, d.first.1.lblock), (1, 6));
+        assert!(d.heads_clean);
+        // Two wraps: the step into the lowest is the wrap, the other is not.
+        let d = disorder(&log(&[5, 6, 7, 1, 2, 3, 8], &[])).unwrap();
+        assert_eq!((d.count, d.first.0.sequence, d.first.1.sequence), (1, 8, 5));
+        // Every step down but the wrap counts once.
+        let d = disorder(&log(&[9, 8, 7, 6], &[0, 1, 2, 3])).unwrap();
+        assert_eq!(d.count, 2);
+        assert!(d.heads_clean);
+    }
 }

@@ -7,7 +7,8 @@
 //! reads `fsck_*` so a mount attempt is refused (as fsck.gfs2 does).
 
 use rgfs::format::consts::{
-    dif, MetaType, FS_FORMAT, FS_FORMAT_MIN, GFS2_MAGIC, LOCKNAME_LEN, MULTIHOST_FORMAT, SB_OFFSET_BYTES,
+    dif, MetaType, FS_FORMAT, FS_FORMAT_MIN, GFS2_MAGIC, LOCKNAME_LEN, MULTIHOST_FORMAT,
+    SB_OFFSET_BYTES,
 };
 use rgfs::format::meta::{block_type, Inum};
 use rgfs::format::superblock::{check_block_size, RawSuperblock};
@@ -138,7 +139,8 @@ impl Findings {
 /// size with its shift, the two format numbers), or a resource group header
 /// follows it. Zeros, random bytes and other filesystems fail all three.
 fn looks_like_gfs2(dev: &dyn BlockDevice, raw: &RawSuperblock) -> bool {
-    let fields_hold = check_block_size(raw.sb_bsize.get()).is_ok_and(|shift| shift == raw.sb_bsize_shift.get())
+    let fields_hold = check_block_size(raw.sb_bsize.get())
+        .is_ok_and(|shift| shift == raw.sb_bsize_shift.get())
         && (FS_FORMAT_MIN..=FS_FORMAT).contains(&raw.sb_fs_format.get())
         && raw.sb_multihost_format.get() == MULTIHOST_FORMAT;
     raw.sb_header.mh_magic.get() == GFS2_MAGIC || fields_hold || probe_block_size(dev).is_some()
@@ -243,7 +245,11 @@ pub fn run(dev: &dyn BlockDevice, report: &mut Report) -> Result<Superblock> {
 }
 
 /// Rebuilds a superblock that does not decode, field by field.
-fn rebuild(dev: &dyn BlockDevice, raw: &RawSuperblock, findings: &mut Findings) -> Result<Superblock> {
+fn rebuild(
+    dev: &dyn BlockDevice,
+    raw: &RawSuperblock,
+    findings: &mut Findings,
+) -> Result<Superblock> {
     if let Err(e) = raw.sb_header.check(MetaType::Superblock) {
         findings.add(format!("bad metadata header: {e}"), Fix::Safe);
     }
@@ -279,7 +285,10 @@ fn rebuild(dev: &dyn BlockDevice, raw: &RawSuperblock, findings: &mut Findings) 
     let fs_format = if (FS_FORMAT_MIN..=FS_FORMAT).contains(&fs_format) {
         fs_format
     } else {
-        findings.add(format!("sb_fs_format is {fs_format}, should be {FS_FORMAT}"), Fix::Safe);
+        findings.add(
+            format!("sb_fs_format is {fs_format}, should be {FS_FORMAT}"),
+            Fix::Safe,
+        );
         FS_FORMAT
     };
     if raw.sb_multihost_format.get() != MULTIHOST_FORMAT {
@@ -292,7 +301,10 @@ fn rebuild(dev: &dyn BlockDevice, raw: &RawSuperblock, findings: &mut Findings) 
         );
     }
     let locktable = lock_name(&raw.sb_locktable).unwrap_or_else(|| {
-        findings.add("sb_locktable is not a NUL-terminated name; cleared", Fix::Risky);
+        findings.add(
+            "sb_locktable is not a NUL-terminated name; cleared",
+            Fix::Risky,
+        );
         String::new()
     });
     let lockproto = lock_name(&raw.sb_lockproto).unwrap_or_else(|| {
@@ -301,7 +313,10 @@ fn rebuild(dev: &dyn BlockDevice, raw: &RawSuperblock, findings: &mut Findings) 
         } else {
             "lock_nolock"
         };
-        findings.add(format!("sb_lockproto is not a NUL-terminated name; set to {guess}"), Fix::Risky);
+        findings.add(
+            format!("sb_lockproto is not a NUL-terminated name; set to {guess}"),
+            Fix::Risky,
+        );
         guess.to_string()
     });
     Ok(Superblock {

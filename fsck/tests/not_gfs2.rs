@@ -30,16 +30,25 @@ fn check_untouched(path: &Path, what: &str) {
                 && stdout.contains("and no resource group header after it: not a GFS2 filesystem"),
             "{what} {flags:?}: {all}"
         );
-        assert!(stdout.ends_with("fsck.rgfs: stopped; nothing was changed\n"), "{what} {flags:?}: {all}");
+        assert!(
+            stdout.ends_with("fsck.rgfs: stopped; nothing was changed\n"),
+            "{what} {flags:?}: {all}"
+        );
         assert!(!all.contains("fixed"), "{what} {flags:?}: {all}");
-        assert!(std::fs::read(path).unwrap() == before, "{what} {flags:?}: the image changed");
+        assert!(
+            std::fs::read(path).unwrap() == before,
+            "{what} {flags:?}: the image changed"
+        );
     }
 }
 
 #[test]
 fn zeros_and_random_bytes() {
     let path = case_path("not-gfs2-zeros");
-    std::fs::File::create(&path).unwrap().set_len(BYTES as u64).unwrap();
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(BYTES as u64)
+        .unwrap();
     check_untouched(&path, "zeros");
     let mut bytes = vec![0u8; BYTES];
     StdRng::seed_from_u64(11).fill(&mut bytes[..]);
@@ -51,12 +60,31 @@ fn zeros_and_random_bytes() {
 #[test]
 fn an_ext4_image() {
     let path = case_path("not-gfs2-ext4");
-    std::fs::File::create(&path).unwrap().set_len(BYTES as u64).unwrap();
-    match Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&path).output() {
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(BYTES as u64)
+        .unwrap();
+    match Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&path)
+        .output()
+    {
         Ok(out) if out.status.success() => check_untouched(&path, "ext4"),
         _ => eprintln!("NOTICE: mkfs.ext4 not available: the ext4 case is skipped"),
     }
     let _ = std::fs::remove_file(&path);
+}
+
+/// The populated base image with `bytes` written at each offset.
+fn base_with(name: &str, writes: &[(u64, &[u8])]) -> std::path::PathBuf {
+    use std::os::unix::fs::FileExt;
+    let path = case_path(name);
+    write_sparse(&path, base_image());
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    for (offset, bytes) in writes {
+        f.write_all_at(bytes, *offset).unwrap();
+    }
+    path
 }
 
 /// A GFS2 image whose superblock block and first resource group header
@@ -66,13 +94,8 @@ fn a_gfs2_image_without_superblock_and_first_group() {
     if !have_gfs2_utils() {
         return;
     }
-    let path = case_path("not-gfs2-wiped");
-    write_sparse(&path, base_image());
     // The superblock (block 16 of 4 KiB) and the first group (block 17).
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    f.write_all_at(&[0u8; 2 * 4096], 16 * 4096).unwrap();
-    drop(f);
+    let path = base_with("not-gfs2-wiped", &[(16 * 4096, &[0u8; 2 * 4096])]);
     check_untouched(&path, "wiped GFS2");
     let _ = std::fs::remove_file(&path);
 }
@@ -85,20 +108,25 @@ fn a_damaged_gfs2_superblock_is_still_repaired() {
     if !have_gfs2_utils() {
         return;
     }
-    let path = case_path("damaged-sb-header");
-    write_sparse(&path, base_image());
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    f.write_all_at(&4u32.to_be_bytes(), 65536 + 4).unwrap();
-    f.write_all_at(&[0u8; 4096], 17 * 4096).unwrap();
-    drop(f);
+    let path = base_with(
+        "damaged-sb-header",
+        &[(65536 + 4, &4u32.to_be_bytes()), (17 * 4096, &[0u8; 4096])],
+    );
     let bin = env!("CARGO_BIN_EXE_fsck-rgfs");
     let out = Command::new(bin).arg("-y").arg(&path).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("superblock: bad metadata header"), "{stdout}");
+    assert!(
+        stdout.contains("superblock: bad metadata header"),
+        "{stdout}"
+    );
     let out = Command::new(bin).arg("-n").arg(&path).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let (code, text) = fsck_gfs2(&path, "-n");
     assert_eq!(code, 0, "{text}");
     let _ = std::fs::remove_file(&path);

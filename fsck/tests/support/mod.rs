@@ -628,11 +628,22 @@ pub fn corrupt(dev: &dyn BlockDevice, command: &str) {
         ["journal", jid, "commit", at, seq, target] => {
             let (map, _) = journal(&img, &vol, jid);
             let home = block_spec(&img, &vol, target);
-            write_commit(dev, bsize, &map, at.parse().unwrap(), parse_value(seq), home);
+            write_commit(
+                dev,
+                bsize,
+                &map,
+                at.parse().unwrap(),
+                parse_value(seq),
+                home,
+            );
         }
         ["journal", jid, kind @ ("unmount" | "flush"), at, seq] => {
             let (map, _) = journal(&img, &vol, jid);
-            let flags = if *kind == "unmount" { lh::UNMOUNT } else { lh::FLUSH_NORMAL };
+            let flags = if *kind == "unmount" {
+                lh::UNMOUNT
+            } else {
+                lh::FLUSH_NORMAL
+            };
             let at = at.parse().unwrap();
             write_log_header(dev, bsize, &map, at, parse_value(seq), flags, at);
         }
@@ -648,7 +659,15 @@ pub fn corrupt(dev: &dyn BlockDevice, command: &str) {
 }
 
 /// Writes a log header at journal block `at`.
-fn write_log_header(dev: &dyn BlockDevice, bsize: usize, map: &JournalMap, at: u32, sequence: u64, flags: u32, tail: u32) {
+fn write_log_header(
+    dev: &dyn BlockDevice,
+    bsize: usize,
+    map: &JournalMap,
+    at: u32,
+    sequence: u64,
+    flags: u32,
+    tail: u32,
+) {
     let h = LogHeader {
         sequence,
         flags,
@@ -666,7 +685,14 @@ fn write_log_header(dev: &dyn BlockDevice, bsize: usize, map: &JournalMap, at: u
 /// Writes a commit logging block `home` (its current contents with the
 /// mtime changed) at journal blocks `at` (descriptor), `at + 1` (the copy)
 /// and `at + 2` (the header, sequence `sequence`, tail `at`).
-fn write_commit(dev: &dyn BlockDevice, bsize: usize, map: &JournalMap, at: u32, sequence: u64, home: u64) {
+fn write_commit(
+    dev: &dyn BlockDevice,
+    bsize: usize,
+    map: &JournalMap,
+    at: u32,
+    sequence: u64,
+    home: u64,
+) {
     let (copy_at, lh_at) = (map.next(at), map.next(map.next(at)));
     let mut ld = vec![0u8; bsize];
     LogDescriptor {
