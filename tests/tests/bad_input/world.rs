@@ -67,11 +67,11 @@ impl World {
             let reply = format!("HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\n\r\n{page}", page.len());
             let _ = stream.write_all(reply.as_bytes());
         });
-        let refused = {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
-        let daemon_addr = free_port();
+        // The daemon's port is held while the closed one is chosen, so the two differ.
+        let daemon_port = TcpListener::bind("127.0.0.1:0").unwrap();
+        let refused = free_port();
+        let daemon_addr = daemon_port.local_addr().unwrap();
+        drop(daemon_port);
         let conf = |name: &str, address: SocketAddr, key: &str| {
             let text = format!(
                 "cluster_name = \"badin\"\nkey_file = \"{key}\"\n\n[[node]]\nid = 1\nname = \"no-such-host-n1\"\n\
@@ -208,6 +208,7 @@ fn listen(serve: fn(TcpStream)) -> SocketAddr {
     addr
 }
 
+/// An address on 127.0.0.1 where nothing listens (for now).
 fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
