@@ -67,8 +67,8 @@ fn every_row_of_the_table() {
         }
     }
     // Bad clients never take the daemon down.
-    assert!(world.daemon_alive(), "rgfs-dlmd died during the table:\n{}", world.daemon_log());
-    assert!(!world.daemon_log().contains("panicked"), "rgfs-dlmd panicked:\n{}", world.daemon_log());
+    assert!(world.daemons_alive(), "an rgfs-dlmd died during the table:\n{}", world.daemon_logs());
+    assert!(!world.daemon_logs().contains("panicked"), "an rgfs-dlmd panicked:\n{}", world.daemon_logs());
     assert!(failed.is_empty(), "{} of {} rows failed (details above): {}", failed.len(), rows.len(), failed.join(" "));
 }
 
