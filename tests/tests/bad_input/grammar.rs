@@ -13,7 +13,8 @@ type Flag = (&'static str, &'static [&'static str]);
 const FILES: &[&str] =
     &["{img}", "{trunc}", "{zeros}", "{random}", "{tiny}", "{dir}", "{mnt}", "{missing}", "/dev/null", "{empty}"];
 const JUNK: &[&str] = &["-", "--", "x", "-1", "0", "18446744073709551616", "é", "{empty}", "--=", "-o=", "ro"];
-const NUMBERS: &[&str] = &["0", "1", "-1", "7", "4294967295", "4294967296", "18446744073709551615", "1e3", "x", "{empty}"];
+const NUMBERS: &[&str] =
+    &["0", "1", "-1", "7", "4294967295", "4294967296", "18446744073709551615", "1e3", "x", "{empty}"];
 
 struct Grammar {
     /// Flags without a value.
@@ -120,7 +121,8 @@ pub fn argv(bin: Bin) -> BoxedStrategy<Vec<String>> {
         items.push((5, flag));
     }
     let options = proptest::collection::vec(proptest::strategy::Union::new_weighted(items), 0..5);
-    let slots: Vec<_> = g.slots.iter().map(|&slot| proptest::option::weighted(0.85, proptest::sample::select(slot))).collect();
+    let slots: Vec<_> =
+        g.slots.iter().map(|&slot| proptest::option::weighted(0.85, proptest::sample::select(slot))).collect();
     (options, slots)
         .prop_map(|(options, slots)| {
             let mut slots = slots.into_iter().flatten().map(str::to_string);

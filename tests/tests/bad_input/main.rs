@@ -24,6 +24,9 @@ const PARALLEL_ROWS: usize = 8;
 /// Random argument vectors per binary.
 const RANDOM_CASES: u32 = 128;
 
+/// A run and its problems.
+type Checked = (Outcome, Vec<String>);
+
 #[test]
 fn every_row_of_the_table() {
     let mut world = World::new(true);
@@ -34,7 +37,7 @@ fn every_row_of_the_table() {
     assert_eq!(names.len(), rows.len(), "row names must be unique");
 
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<(Outcome, Vec<String>)>>> = Mutex::new((0..rows.len()).map(|_| None).collect());
+    let results: Mutex<Vec<Option<Checked>>> = Mutex::new((0..rows.len()).map(|_| None).collect());
     std::thread::scope(|s| {
         for _ in 0..PARALLEL_ROWS {
             s.spawn(|| loop {
@@ -64,8 +67,8 @@ fn every_row_of_the_table() {
         }
     }
     // Bad clients never take the daemon down.
-    assert!(world.daemon_alive(), "rgfs-dlmd died during the table:\n{}", world.daemon_log());
-    assert!(!world.daemon_log().contains("panicked"), "rgfs-dlmd panicked:\n{}", world.daemon_log());
+    assert!(world.daemons_alive(), "an rgfs-dlmd died during the table:\n{}", world.daemon_logs());
+    assert!(!world.daemon_logs().contains("panicked"), "an rgfs-dlmd panicked:\n{}", world.daemon_logs());
     assert!(failed.is_empty(), "{} of {} rows failed (details above): {}", failed.len(), rows.len(), failed.join(" "));
 }
 

@@ -5,7 +5,8 @@
 //!
 //! Placeholders: run files `{img}` (a GFS2 image), `{trunc}` (its first MiB), `{zeros}`,
 //! `{random}`, `{tiny}` (4 KiB), `{dir}`, `{mnt}` (empty directories), `{missing}`; shared
-//! `{conf}` (the test daemon's configuration), `{daemon}`, `{busyconf}` (its address is taken),
+//! `{conf}` (the test daemon's configuration), `{daemon}`, `{lonelyconf}` (a daemon whose only peer
+//! never answers), `{busyconf}` (its address is taken),
 //! `{nokeyconf}`, `{badconf}`, `{key}`, listeners `{silent}`, `{http}`, `{http_eager}`, a closed
 //! port `{refused}`, `{empty}` (an empty argument), `{longname}` (65 bytes).
 
@@ -136,7 +137,8 @@ pub const ROWS: &[Row] = &[
     row("dlm-bench-pairs-negative", Dlm, dlm!("bench ls --pairs -1"), Code(2), Usage),
     row("dlm-bench-bad-mode", Dlm, dlm!("bench ls --pairs 10 --mode XX"), Fail, Line),
     row("dlm-engine-bench-resources-0", Dlm, "engine-bench --resources 0 --pairs 10", Code(2), Usage),
-    row("dlm-engine-bench-resources-huge", Dlm, "engine-bench --resources 18446744073709551615 --pairs 1", Code(2), Usage),
+    row("dlm-engine-bench-resources-max", Dlm, "engine-bench --pairs 1 --resources 18446744073709551615", Code(2),
+        Usage),
     row("dlm-engine-bench-pairs-0", Dlm, "engine-bench --pairs 0", Code(2), Usage),
     row("dlm-engine-bench-closed-stdout", Dlm, "engine-bench --pairs 1000", Any, Quiet).closed_stdout(),
     row("dlm-lock-bad-mode", Dlm, dlm!("lock ls res XX"), Fail, Line),
@@ -164,5 +166,7 @@ pub const ROWS: &[Row] = &[
     row("dlm-silent-server", Dlm, "--address {silent} --key-file {key} status", Code(1), Line),
     row("dlm-silent-server-lock", Dlm, "--address {silent} --key-file {key} lock ls res EX --noqueue", Code(1), Line),
     row("dlm-grpc-http-server", Dlm, "--transport grpc --address {http_eager} --key-file {key} status", Code(1), Line),
+    // Through a daemon whose only peer, the master of every resource, never answers.
+    row("dlm-noqueue-master-silent", Dlm, "--config {lonelyconf} --node-id 1 lock ls res EX --noqueue", Fail, Line),
     row("dlm-grpc-silent-server", Dlm, "--transport grpc --address {silent} --key-file {key} status", Code(1), Line),
 ];

@@ -27,12 +27,14 @@ const IMAGE_MIB: u64 = 32;
 pub struct World {
     dir: tempfile::TempDir,
     shared: HashMap<&'static str, String>,
-    daemon: Option<Child>,
+    daemons: Vec<Child>,
 }
 
 impl World {
-    /// Templates and listeners; with `daemon`, also a running rgfs-dlmd at `{daemon}` configured by `{conf}`.
-    pub fn new(daemon: bool) -> World {
+    /// Templates and listeners; with `daemons`, also a running rgfs-dlmd at `{daemon}` configured by
+    /// `{conf}`, and one configured by `{lonelyconf}` that masters nothing and whose only peer (`{silent}`)
+    /// never answers.
+    pub fn new(daemons: bool) -> World {
         let dir = scratch();
         let d = dir.path();
         make_gfs2_image(&d.join("img"));
@@ -67,11 +69,10 @@ impl World {
             let reply = format!("HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\n\r\n{page}", page.len());
             let _ = stream.write_all(reply.as_bytes());
         });
-        let refused = {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
-        let daemon_addr = free_port();
+        // The daemons' ports are held while the closed one is chosen, so the three differ.
+        let ports = [TcpListener::bind("127.0.0.1:0").unwrap(), TcpListener::bind("127.0.0.1:0").unwrap()];
+        let refused = free_port();
+        let [daemon_addr, lonely_addr] = ports.each_ref().map(|l| l.local_addr().unwrap());
         let conf = |name: &str, address: SocketAddr, key: &str| {
             let text = format!(
                 "cluster_name = \"badin\"\nkey_file = \"{key}\"\n\n[[node]]\nid = 1\nname = \"no-such-host-n1\"\n\
@@ -80,9 +81,13 @@ impl World {
             std::fs::write(d.join(name), text).unwrap();
             d.join(name).display().to_string()
         };
+        let lonely = conf("lonely.toml", lonely_addr, "key");
+        let peer = format!("weight = 0\n\n[[node]]\nid = 2\nname = \"no-such-host-n2\"\naddress = \"{silent}\"\n");
+        std::fs::OpenOptions::new().append(true).open(&lonely).unwrap().write_all(peer.as_bytes()).unwrap();
         let mut shared = HashMap::new();
         let path = |name: &str| d.join(name).display().to_string();
         shared.insert("conf", conf("dlm.toml", daemon_addr, "key"));
+        shared.insert("lonelyconf", lonely);
         // The silent listener holds this address: a daemon started with it cannot bind.
         shared.insert("busyconf", conf("busy.toml", silent, "key"));
         shared.insert("nokeyconf", conf("nokey.toml", refused, "no-such-key"));
@@ -95,20 +100,22 @@ impl World {
         shared.insert("refused", refused.to_string());
         shared.insert("empty", String::new());
         shared.insert("longname", "n".repeat(65));
-        let mut world = World { dir, shared, daemon: None };
-        if daemon {
-            world.start_daemon();
+        drop(ports);
+        let mut world = World { dir, shared, daemons: Vec::new() };
+        if daemons {
+            world.start_daemon("conf", "dlmd.log");
+            world.start_daemon("lonelyconf", "lonely.log");
         }
         world
     }
 
-    fn start_daemon(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("dlmd.log")).unwrap();
+    fn start_daemon(&mut self, conf: &str, log: &str) {
+        let log_path = self.dir.path().join(log);
         let mut child = Command::new(workspace_bin("rgfs-dlm", "rgfs-dlmd"))
-            .args(["--config", &self.shared["conf"], "--node-id", "1"])
+            .args(["--config", &self.shared[conf], "--node-id", "1"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(log)
+            .stderr(std::fs::File::create(&log_path).unwrap())
             .spawn()
             .expect("start rgfs-dlmd");
         let (tx, rx) = mpsc::channel();
@@ -120,20 +127,23 @@ impl World {
                 }
             }
         });
-        self.daemon = Some(child);
+        self.daemons.push(child);
         if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            panic!("rgfs-dlmd did not become ready: {}", self.daemon_log());
+            panic!("rgfs-dlmd did not become ready: {}", std::fs::read_to_string(&log_path).unwrap_or_default());
         }
     }
 
-    /// The test daemon's stderr so far.
-    pub fn daemon_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("dlmd.log")).unwrap_or_default()
+    /// The test daemons' stderr so far.
+    pub fn daemon_logs(&self) -> String {
+        ["dlmd.log", "lonely.log"]
+            .iter()
+            .map(|log| std::fs::read_to_string(self.dir.path().join(log)).unwrap_or_default())
+            .collect()
     }
 
-    /// Whether the test daemon is still running.
-    pub fn daemon_alive(&mut self) -> bool {
-        self.daemon.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    /// Whether every test daemon is still running.
+    pub fn daemons_alive(&mut self) -> bool {
+        self.daemons.iter_mut().all(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// Makes the files `args` name in `run_dir` and returns `args` with every placeholder replaced.
@@ -168,7 +178,7 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        if let Some(mut child) = self.daemon.take() {
+        for child in &mut self.daemons {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -208,6 +218,7 @@ fn listen(serve: fn(TcpStream)) -> SocketAddr {
     addr
 }
 
+/// An address on 127.0.0.1 where nothing listens (for now).
 fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
