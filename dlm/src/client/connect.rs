@@ -23,6 +23,7 @@ use super::framed::{FramedReader, FramedWriter};
 use super::ClientError;
 use crate::cluster::auth::{nonce, ClusterKey, Role};
 use crate::cluster::config::{ClientConfig, Config, TuningConfig};
+use crate::error_line::error_chain;
 use crate::proto::framing::FrameError;
 use crate::proto::{self as pb, dlm_client::DlmClient};
 
@@ -150,20 +151,6 @@ impl ConnectOptions {
 /// A duration for people: "5 s", "0.25 s".
 pub(crate) fn seconds(duration: Duration) -> String {
     format!("{} s", duration.as_secs_f64())
-}
-
-/// An error and its sources on one line (tonic's own Display says only "transport error").
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        let text = inner.to_string();
-        if !line.contains(&text) {
-            line = format!("{line}: {text}");
-        }
-        source = inner.source();
-    }
-    line
 }
 
 async fn channel(address: &DaemonAddress, timeout: Duration) -> Result<Channel, ClientError> {

@@ -35,7 +35,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 pub use admin::AdminClient;
-pub use connect::{error_chain, options_with_key_file, ConnectOptions, DaemonAddress, Transport};
+pub use connect::{options_with_key_file, ConnectOptions, DaemonAddress, Transport};
 
 use crate::cluster::mastering::{Member, Membership};
 use crate::engine::{Flags, Mode, SbFlags, Status};

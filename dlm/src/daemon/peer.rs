@@ -47,24 +47,8 @@ impl std::fmt::Display for LinkError {
     }
 }
 
-/// A gRPC status on one line: its message and the errors under it (tonic's own
-/// Display also dumps the metadata and details).
-pub(super) fn status_line(status: &tonic::Status) -> String {
-    let mut line = status.message().to_string();
-    if let Some(source) = std::error::Error::source(status) {
-        let chain = crate::client::error_chain(source);
-        if !line.contains(&chain) {
-            line = if line.is_empty() { chain } else { format!("{line}: {chain}") };
-        }
-    }
-    if line.is_empty() {
-        line = format!("{:?}", status.code());
-    }
-    line
-}
-
 fn unreachable(status: tonic::Status) -> LinkError {
-    LinkError::Unreachable(status_line(&status))
+    LinkError::Unreachable(crate::error_line::status_line(&status))
 }
 
 /// A peer message's kind, for logs (its Debug form carries nonces and proofs).
@@ -211,7 +195,7 @@ impl Responder for PeerInbound {
 
     fn finish(&mut self, why: Option<tonic::Status>) {
         if let Some(status) = why {
-            tracing::debug!(peer = %self.peer, status = %status_line(&status), "peer stream error");
+            tracing::debug!(peer = %self.peer, status = %crate::error_line::status_line(&status), "peer stream error");
         }
         self.done = true;
     }
@@ -295,7 +279,7 @@ async fn link_once(
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS));
     let channel =
-        endpoint.connect().await.map_err(|e| LinkError::Unreachable(format!("connecting: {}", crate::client::error_chain(&e))))?;
+        endpoint.connect().await.map_err(|e| LinkError::Unreachable(format!("connecting: {}", crate::error_line::error_chain(&e))))?;
     let mut client = DlmClient::new(channel).max_decoding_message_size(crate::MESSAGE_MAX_BYTES);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let cluster = &daemon.config.cluster_name;

@@ -365,7 +365,7 @@ impl<I: ClientSource> Responder for SessionStream<I> {
 
     fn finish(&mut self, why: Option<tonic::Status>) {
         if let Some(status) = why {
-            tracing::debug!(peer = %self.session.peer, status = %super::peer::status_line(&status), "session connection error");
+            tracing::debug!(peer = %self.session.peer, status = %crate::error_line::status_line(&status), "session connection error");
         }
         self.session.done = true;
     }
