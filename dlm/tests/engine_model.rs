@@ -1,5 +1,5 @@
 //! Property test: the lock engine against an independent, deliberately simple model of
-//! the DLM rules (brief §A.2–A.7).
+//! the DLM rules (docs/dlm.md §A.2–A.7).
 //!
 //! The model keeps every lock in one flat list with a queue letter and an arrival
 //! ticket (HEADQUE takes a ticket below all others), recomputes queue order by

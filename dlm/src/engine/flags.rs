@@ -1,5 +1,5 @@
 //! Request flags (DLM_LKF_*) and completion flags (DLM_SBF_*), with the values of
-//! the Linux DLM so tools and docs can share them (brief §A.4).
+//! the Linux DLM so tools and docs can share them (docs/dlm.md §A.4).
 //!
 //! Invariants: `Flags::KNOWN` is exactly the union of `Flags::NAMED` (unit-tested);
 //! any other bit makes the engine refuse the operation as invalid.

@@ -1,5 +1,5 @@
 //! Lock value blocks: 32 bytes kept by the resource, with a sequence number and a
-//! validity flag (brief §A.5).
+//! validity flag (docs/dlm.md §A.5).
 //!
 //! Invariants:
 //! - A resource's LVB sequence number only grows, by one per write.

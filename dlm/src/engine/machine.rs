@@ -3,7 +3,7 @@
 //! completions and blocking callbacks come out in a vector. No I/O, no clock, no
 //! randomness: the same inputs always give the same outputs.
 //!
-//! The rules are the Linux DLM's (brief §A.3–A.7); docs/dlm.md states them one by one.
+//! The rules are the Linux DLM's (docs/dlm.md §A.3–A.7); docs/dlm.md states them one by one.
 //!
 //! Invariants (checked by [`Engine::check_invariants`], which the tests call after every step):
 //! - Every lock sits in exactly one queue of exactly one resource, the one it names.
@@ -701,7 +701,7 @@ fn waits_for(a: &Lock, b: &Lock, a_is_behind_b: bool) -> bool {
 }
 
 /// Whether queueing conversion `id` (at the head with HEADQUE, else the tail) closes a
-/// cycle of conversions waiting for each other (brief §A.7).
+/// cycle of conversions waiting for each other (docs/dlm.md §A.7).
 fn would_deadlock(res: &Resource, locks: &HashMap<LockId, Lock>, id: LockId, mode: Mode, flags: Flags) -> bool {
     let mut me = locks[&id].clone();
     me.requested = Some(mode);

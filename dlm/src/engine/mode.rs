@@ -1,4 +1,4 @@
-//! Lock modes and the compatibility matrix of the Linux DLM (brief §A.2).
+//! Lock modes and the compatibility matrix of the Linux DLM (docs/dlm.md §A.2).
 //!
 //! Invariants:
 //! - `compatible` is symmetric and NL is compatible with every mode.
