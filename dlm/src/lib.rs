@@ -4,6 +4,7 @@
 pub mod cluster;
 
 pub mod engine;
+pub mod error_line;
 pub mod proto;
 pub mod procfs;
 pub mod client;

@@ -1,29 +1,85 @@
 //! `rgfs-dlm`: the lock manager's command-line tool, in the style of dlm_tool.
 //!
-//! Exit codes: 0 success; 1 error; 2 usage; 3 `lock --noqueue` refused because a
-//! conflicting lock is held ([`EXIT_NOQUEUE_REFUSED`]).
+//! Exit codes: 0 success, also when standard output is closed early (`| head -1`:
+//! the command stops quietly); 1 error; 2 usage; 3 `lock --noqueue` refused because
+//! a conflicting lock is held ([`EXIT_NOQUEUE_REFUSED`]); 4 `lock --timeout` expired
+//! ([`EXIT_TIMED_OUT`]).
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::builder::RangedU64ValueParser;
 use clap::{Parser, Subcommand, ValueEnum};
 use rgfs_dlm::client::{options_with_key_file, AdminClient, ClientError, ConnectOptions, DaemonAddress, JoinOptions, Lockspace, Transport};
+use rgfs_dlm::cluster::auth::ClusterKey;
 use rgfs_dlm::cluster::config::Config;
 use rgfs_dlm::engine::{Flags, Mode, Status};
 use rgfs_dlm::proto as pb;
 
 /// Exit code of `lock --noqueue` when the lock is not granted at once.
 const EXIT_NOQUEUE_REFUSED: u8 = 3;
+/// Exit code of `lock --timeout` when the lock is not granted in time.
+const EXIT_TIMED_OUT: u8 = 4;
+/// Most pairs `bench` measures or warms up with: it keeps every latency in memory
+/// (16 bytes a pair).
+const MAX_BENCH_PAIRS: u64 = 10_000_000;
+/// Most pairs `bench` keeps in flight (each on its own resource and task).
+const MAX_INFLIGHT: u64 = 4096;
+/// Most resources `engine-bench` cycles through (their names are made up front).
+const MAX_ENGINE_RESOURCES: u64 = 1_000_000;
+
+/// Why a command stopped before its end.
+enum Failure {
+    /// For people, on stderr; exit 1.
+    Error(String),
+    /// Standard output was closed (the reader went away): stop quietly, exit 0.
+    OutputClosed,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure::Error(message)
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Failure {
+        Failure::Error(error.to_string())
+    }
+}
+
+/// Writes one line on stdout; a closed stdout becomes [`Failure::OutputClosed`].
+fn emit(line: std::fmt::Arguments) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(Failure::OutputClosed),
+        Err(e) => Err(Failure::Error(format!("writing to standard output: {e}"))),
+    }
+}
+
+/// `println!` that stops the command quietly when stdout is closed.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        emit(format_args!($($arg)*))?
+    };
+}
+
+/// A message on stderr; if stderr is gone too there is no one left to tell.
+fn complain(message: &str) {
+    let _ = writeln!(std::io::stderr(), "rgfs-dlm: {message}");
+}
 
 #[derive(Parser)]
-#[command(version, about = "rgfs lock manager tool")]
+#[command(name = env!("CARGO_BIN_NAME"), version, about = "rgfs lock manager tool")]
 struct Cli {
     /// Cluster configuration file: gives the local daemon's address and the key.
     #[arg(long, global = true, default_value = "/etc/rgfs/dlm.toml")]
     config: PathBuf,
     /// The local node's id (default: the node named like the host).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(1..))]
     node_id: Option<u32>,
     /// Daemon address (host:port or unix:/path), instead of the configuration's.
     #[arg(long, global = true)]
@@ -65,45 +121,52 @@ enum Command {
         lockspace: String,
         name: String,
         /// NL, CR, CW, PR, PW or EX.
-        mode: String,
+        #[arg(value_parser = parse_mode)]
+        mode: Mode,
         /// Fail at once (exit 3) if the lock cannot be granted now.
         #[arg(long)]
         noqueue: bool,
+        /// Give up (exit 4) if the lock is not granted within this many seconds
+        /// (decimals allowed), connecting included.
+        #[arg(long, value_parser = parse_timeout)]
+        timeout: Option<Duration>,
         /// How long to hold the lock, in milliseconds.
         #[arg(long, default_value_t = 0)]
         hold_ms: u64,
         /// Extra flags, e.g. "HEADQUE|NOORDER".
-        #[arg(long, default_value = "")]
-        flags: String,
-        /// LVB length of the lockspace.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value = "", value_parser = parse_flags)]
+        flags: Flags,
+        /// LVB length of the lockspace: 8, 16, 24 or 32.
+        #[arg(long, default_value = "32", value_parser = parse_lvb_len)]
         lvb_len: u32,
     },
     /// Measure lock/unlock pairs per second and latency on uncontended resources.
     Bench {
         lockspace: String,
-        /// Lock+unlock pairs to measure.
-        #[arg(long, default_value_t = 20_000)]
+        /// Lock+unlock pairs to measure (1 to 10000000).
+        #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=MAX_BENCH_PAIRS))]
         pairs: u64,
-        /// Pairs in flight at once (each on its own resource).
-        #[arg(long, default_value_t = 1)]
+        /// Pairs in flight at once, each on its own resource (1 to 4096).
+        #[arg(long, default_value_t = 1, value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_INFLIGHT))]
         inflight: usize,
         /// Which resources to use.
         #[arg(long, value_enum, default_value = "local")]
         master: MasterChoice,
         /// Lock mode.
-        #[arg(long, default_value = "EX")]
-        mode: String,
-        /// Pairs run first and not measured.
-        #[arg(long, default_value_t = 2000)]
+        #[arg(long, default_value = "EX", value_parser = parse_mode)]
+        mode: Mode,
+        /// Pairs run first and not measured (at most 10000000; at least one per slot in flight is run).
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=MAX_BENCH_PAIRS))]
         warmup: u64,
     },
     /// Measure the lock engine alone, in this process (no daemon): lock+unlock pairs
     /// on `--resources` resources in turn.
     EngineBench {
-        #[arg(long, default_value_t = 1_000_000)]
+        /// Lock+unlock pairs (at least 1).
+        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
         pairs: u64,
-        #[arg(long, default_value_t = 64)]
+        /// Resources used in turn (1 to 1000000).
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=MAX_ENGINE_RESOURCES))]
         resources: u64,
     },
 }
@@ -113,14 +176,15 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("rgfs-dlm: {e}");
+            complain(&e.to_string());
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
-        Err(message) => {
-            eprintln!("rgfs-dlm: {message}");
+        Err(Failure::OutputClosed) => ExitCode::SUCCESS,
+        Err(Failure::Error(message)) => {
+            complain(&message);
             ExitCode::FAILURE
         }
     }
@@ -135,25 +199,31 @@ fn connect_options(cli: &Cli, client_name: &str) -> Result<ConnectOptions, Strin
     Ok(options)
 }
 
+/// The daemon and the key. `--address` with `--key-file` needs no configuration
+/// file; `--address` alone takes the key, tuning and timeouts of the configuration
+/// but none of its nodes; otherwise the node (`--node-id`, or the host's name)
+/// gives the address.
 fn connect_options_for_daemon(cli: &Cli, client_name: &str) -> Result<ConnectOptions, String> {
-    if let (Some(address), Some(key_file)) = (&cli.address, &cli.key_file) {
-        let address: DaemonAddress = address.parse()?;
-        return options_with_key_file(address, key_file, client_name).map_err(|e| e.to_string());
+    let address = cli.address.as_deref().map(str::parse::<DaemonAddress>).transpose()?;
+    if let (Some(address), Some(key_file)) = (&address, &cli.key_file) {
+        return options_with_key_file(address.clone(), key_file, client_name).map_err(|e| e.to_string());
     }
     let config = Config::load(&cli.config).map_err(|e| e.to_string())?;
+    let load_key = |path: &Path| ClusterKey::load(path).map_err(|e| e.to_string());
+    if let Some(address) = address {
+        return Ok(ConnectOptions::new(address, load_key(&config.key_file)?, client_name).tuned_by(&config));
+    }
     let node_id = match cli.node_id {
         Some(id) => id,
         None => {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-            config.node_named(host.trim()).map(|n| n.id).ok_or_else(|| format!("no node named {:?}; use --node-id", host.trim()))?
+            let found = config.node_named(host.trim()).map(|n| n.id);
+            found.ok_or_else(|| format!("no node named {:?} in {}; use --node-id or --address", host.trim(), cli.config.display()))?
         }
     };
     let mut options = ConnectOptions::from_config(&config, node_id, client_name).map_err(|e| e.to_string())?;
-    if let Some(address) = &cli.address {
-        options.address = address.parse()?;
-    }
     if let Some(key_file) = &cli.key_file {
-        options = options_with_key_file(options.address, key_file, client_name).map_err(|e| e.to_string())?;
+        options.key = load_key(key_file)?;
     }
     Ok(options)
 }
@@ -162,65 +232,85 @@ fn parse_mode(text: &str) -> Result<Mode, String> {
     Mode::parse(text).ok_or_else(|| format!("{text:?} is not a mode (NL, CR, CW, PR, PW, EX)"))
 }
 
-async fn run(cli: Cli) -> Result<u8, String> {
-    let err = |e: ClientError| e.to_string();
+fn parse_flags(text: &str) -> Result<Flags, String> {
+    Flags::parse(text).ok_or_else(|| format!("{text:?} is not a set of flags such as \"HEADQUE|NOORDER\""))
+}
+
+fn parse_lvb_len(text: &str) -> Result<u32, String> {
+    text.parse().ok().filter(|&len| pb::valid_lvb_len(len)).ok_or_else(|| format!("{text:?} is not 8, 16, 24 or 32"))
+}
+
+/// Seconds, above 0 (a lock that must not wait is `--noqueue`).
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text.parse().map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(timeout) if !timeout.is_zero() => Ok(timeout),
+        _ => Err(format!("{text:?}: the timeout must be above 0 seconds (use --noqueue not to wait)")),
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
     match &cli.command {
         Command::Status => {
-            let mut admin = AdminClient::connect(&connect_options(&cli, "rgfs-dlm status")?).await.map_err(err)?;
-            print_status(&admin.status().await.map_err(err)?);
+            let mut admin = AdminClient::connect(&connect_options(&cli, "rgfs-dlm status")?).await?;
+            print_status(&admin.status().await?)?;
         }
         Command::Ls => {
-            let mut admin = AdminClient::connect(&connect_options(&cli, "rgfs-dlm ls")?).await.map_err(err)?;
-            for ls in admin.status().await.map_err(err)?.lockspaces {
-                println!("{} lvb_len={} sessions={} held_locks={} mastered_resources={}", ls.name, ls.lvb_len, ls.sessions, ls.held_locks, ls.mastered_resources);
+            let mut admin = AdminClient::connect(&connect_options(&cli, "rgfs-dlm ls")?).await?;
+            for ls in admin.status().await?.lockspaces {
+                say!("{} lvb_len={} sessions={} held_locks={} mastered_resources={}", ls.name, ls.lvb_len, ls.sessions, ls.held_locks, ls.mastered_resources);
             }
         }
         Command::Lockdump { lockspace } => {
-            let mut admin = AdminClient::connect(&connect_options(&cli, "rgfs-dlm lockdump")?).await.map_err(err)?;
-            print_lockdump(&admin.lockdump(lockspace).await.map_err(err)?);
+            let mut admin = AdminClient::connect(&connect_options(&cli, "rgfs-dlm lockdump")?).await?;
+            print_lockdump(&admin.lockdump(lockspace).await?)?;
         }
-        Command::Lock { lockspace, name, mode, noqueue, hold_ms, flags, lvb_len } => {
-            let mode = parse_mode(mode)?;
-            let mut flags = Flags::parse(flags).ok_or_else(|| format!("bad flags {flags:?}"))?;
-            if *noqueue {
-                flags = flags | Flags::NOQUEUE;
-            }
+        Command::Lock { lockspace, name, mode, noqueue, timeout, hold_ms, flags, lvb_len } => {
+            let flags = if *noqueue { *flags | Flags::NOQUEUE } else { *flags };
             let options = connect_options(&cli, "rgfs-dlm lock")?;
-            let join = JoinOptions { lvb_len: *lvb_len, filesystem: false };
-            let (ls, mut blocking) = Lockspace::join(&options, lockspace, join).await.map_err(err)?;
-            let (lock, completion) = ls.lock(name.as_bytes(), mode, flags).await.map_err(err)?;
+            let acquire = async {
+                let (ls, blocking) = Lockspace::join(&options, lockspace, JoinOptions { lvb_len: *lvb_len, filesystem: false }).await?;
+                let (lock, completion) = ls.lock(name.as_bytes(), *mode, flags).await?;
+                Ok::<_, ClientError>((ls, blocking, lock, completion))
+            };
+            let acquired = match timeout {
+                Some(timeout) => match tokio::time::timeout(*timeout, acquire).await {
+                    Ok(acquired) => acquired,
+                    Err(_) => {
+                        complain(&format!("{name} not granted within {} s", timeout.as_secs_f64()));
+                        return Ok(EXIT_TIMED_OUT);
+                    }
+                },
+                None => acquire.await,
+            };
+            let (ls, mut blocking, lock, completion) = acquired?;
             match completion.status {
                 Status::Granted => {}
                 Status::TryAgain => {
-                    eprintln!("rgfs-dlm: {name} not granted: a conflicting lock is held (NOQUEUE)");
+                    complain(&format!("{name} not granted: a conflicting lock is held (NOQUEUE)"));
                     return Ok(EXIT_NOQUEUE_REFUSED);
                 }
-                other => return Err(format!("{name}: {other:?}")),
+                other => return Err(format!("{name}: {other:?}").into()),
             }
-            println!("granted {name} {}", completion.mode.unwrap_or(mode));
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
+            say!("granted {name} {}", completion.mode.unwrap_or(*mode));
             let deadline = tokio::time::sleep(Duration::from_millis(*hold_ms));
             tokio::pin!(deadline);
             loop {
                 tokio::select! {
                     _ = &mut deadline => break,
                     callback = blocking.recv() => match callback {
-                        Some(b) => {
-                            println!("blocking {name} {}", b.mode);
-                            let _ = std::io::stdout().flush();
-                        }
-                        None => return Err(format!("{name}: lost the session with the daemon while holding the lock")),
+                        Some(b) => say!("blocking {name} {}", b.mode),
+                        None => return Err(format!("{name}: lost the session with the daemon while holding the lock").into()),
                     },
                 }
             }
-            ls.unlock(lock, Flags::NONE, None).map_err(err)?.await.map_err(err)?;
-            println!("released {name}");
+            ls.unlock(lock, Flags::NONE, None)?.await?;
+            say!("released {name}");
         }
         Command::EngineBench { pairs, resources } => engine_bench(*pairs, *resources)?,
         Command::Bench { lockspace, pairs, inflight, master, mode, warmup } => {
             let options = connect_options(&cli, "rgfs-dlm bench")?;
-            bench(&options, lockspace, *pairs, *inflight, *master, parse_mode(mode)?, *warmup).await?;
+            bench(&options, lockspace, *pairs, *inflight, *master, *mode, *warmup).await?;
         }
     }
     Ok(0)
@@ -230,37 +320,39 @@ fn mode_name(value: i32) -> String {
     pb::mode_from_wire(value).map(|m| m.to_string()).unwrap_or_else(|| format!("?{value}"))
 }
 
-fn print_status(s: &pb::StatusReply) {
-    println!("cluster {} node {} epoch {}", s.cluster_name, s.node_id, s.epoch);
-    println!("refused_connections {}", s.refused_connections);
+fn print_status(s: &pb::StatusReply) -> Result<(), Failure> {
+    say!("cluster {} node {} epoch {}", s.cluster_name, s.node_id, s.epoch);
+    say!("refused_connections {}", s.refused_connections);
     for p in &s.peers {
         let up = |b: bool| if b { "up" } else { "down" };
-        println!("peer node {} {} {} outgoing {} incoming {}", p.node_id, p.name, p.address, up(p.outgoing_connected), up(p.incoming_connected));
+        say!("peer node {} {} {} outgoing {} incoming {}", p.node_id, p.name, p.address, up(p.outgoing_connected), up(p.incoming_connected));
     }
     for ls in &s.lockspaces {
-        println!(
+        say!(
             "lockspace {} lvb_len {} sessions {} held_locks {} mastered_resources {} mastered_locks {}",
             ls.name, ls.lvb_len, ls.sessions, ls.held_locks, ls.mastered_resources, ls.mastered_locks
         );
         let counters: Vec<String> = ls.counters.iter().map(|c| format!("{} {}", c.name, c.value)).collect();
-        println!("  {}", counters.join(" "));
+        say!("  {}", counters.join(" "));
     }
+    Ok(())
 }
 
-fn print_lockdump(d: &pb::LockdumpReply) {
-    println!("lockspace {} node {} resources {}{}", d.lockspace, d.node_id, d.resources.len(), if d.truncated { " (truncated)" } else { "" });
+fn print_lockdump(d: &pb::LockdumpReply) -> Result<(), Failure> {
+    say!("lockspace {} node {} resources {}{}", d.lockspace, d.node_id, d.resources.len(), if d.truncated { " (truncated)" } else { "" });
     for r in &d.resources {
         let name = String::from_utf8_lossy(&r.name);
         let lvb: String = r.lvb.iter().map(|b| format!("{b:02x}")).collect();
-        println!("resource {name:?} lvb_seq {} lvb_valid {} lvb {lvb}", r.lvb_seq, r.lvb_valid);
+        say!("resource {name:?} lvb_seq {} lvb_valid {} lvb {lvb}", r.lvb_seq, r.lvb_valid);
         for (queue, locks) in [("granted", &r.granted), ("convert", &r.converting), ("waiting", &r.waiting)] {
             for l in locks {
                 let granted = if l.has_granted { mode_name(l.granted_mode) } else { "--".into() };
                 let requested = if l.has_requested { format!(" -> {}", mode_name(l.requested_mode)) } else { String::new() };
-                println!("  {queue:<8} node {} lock {} {granted}{requested} flags {}", l.node_id, l.lock_id, Flags(l.flags));
+                say!("  {queue:<8} node {} lock {} {granted}{requested} flags {}", l.node_id, l.lock_id, Flags(l.flags));
             }
         }
     }
+    Ok(())
 }
 
 /// Picks `count` resource names whose master matches `master`.
@@ -278,12 +370,11 @@ fn bench_names(ls: &Lockspace, count: usize, master: MasterChoice) -> Vec<Vec<u8
         .collect()
 }
 
-async fn bench(options: &ConnectOptions, lockspace: &str, pairs: u64, inflight: usize, master: MasterChoice, mode: Mode, warmup: u64) -> Result<(), String> {
-    let err = |e: ClientError| e.to_string();
-    let inflight = inflight.clamp(1, 4096);
-    let (ls, _blocking) = Lockspace::join(options, lockspace, JoinOptions::default()).await.map_err(err)?;
+/// `pairs` and `inflight` are at least 1 (checked by the argument parser).
+async fn bench(options: &ConnectOptions, lockspace: &str, pairs: u64, inflight: usize, master: MasterChoice, mode: Mode, warmup: u64) -> Result<(), Failure> {
+    let (ls, _blocking) = Lockspace::join(options, lockspace, JoinOptions::default()).await?;
     if matches!(master, MasterChoice::Remote) && ls.membership().members().iter().all(|m| m.id == ls.node_id() || m.weight == 0) {
-        return Err("no other node masters resources".into());
+        return Err("no other node masters resources".to_string().into());
     }
     let names = bench_names(&ls, inflight, master);
     let run = |total: u64| {
@@ -339,7 +430,7 @@ async fn bench(options: &ConnectOptions, lockspace: &str, pairs: u64, inflight: 
         MasterChoice::Remote => "remote",
         MasterChoice::Any => "any",
     };
-    println!(
+    say!(
         "bench transport={} lockspace={lockspace} master={master_name} mode={mode} inflight={inflight} pairs={} elapsed_s={elapsed:.3} pairs_per_s={:.0} ops_per_s={:.0} \
          op_p50_us={:.1} op_p99_us={:.1} lock_p50_us={:.1} lock_p99_us={:.1} unlock_p50_us={:.1} unlock_p99_us={:.1} \
          poll_us={} client_cpu_s={cpu}",
@@ -359,11 +450,11 @@ async fn bench(options: &ConnectOptions, lockspace: &str, pairs: u64, inflight: 
 }
 
 /// Lock+unlock pairs straight into the engine: what one operation costs the master
-/// without any I/O.
-fn engine_bench(pairs: u64, resources: u64) -> Result<(), String> {
+/// without any I/O. `pairs` and `resources` are at least 1 (checked by the argument parser).
+fn engine_bench(pairs: u64, resources: u64) -> Result<(), Failure> {
     use rgfs_dlm::engine::{Engine, Input, Limits, LockId, ResourceName};
     let names: Vec<ResourceName> =
-        (0..resources.max(1)).map(|i| ResourceName::new(format!("resource {i}").as_bytes()).expect("short name")).collect();
+        (0..resources).map(|i| ResourceName::new(format!("resource {i}").as_bytes()).expect("short name")).collect();
     let mut engine = Engine::new(Limits::default());
     let mut out = Vec::with_capacity(8);
     let start = Instant::now();
@@ -375,7 +466,7 @@ fn engine_bench(pairs: u64, resources: u64) -> Result<(), String> {
         out.clear();
     }
     let elapsed = start.elapsed().as_secs_f64();
-    println!(
+    say!(
         "engine-bench pairs={pairs} resources={resources} elapsed_s={elapsed:.3} pairs_per_s={:.0} ns_per_op={:.0}",
         pairs as f64 / elapsed,
         elapsed * 1e9 / (2.0 * pairs as f64)

@@ -1,7 +1,10 @@
 //! `rgfs-dlmd --config FILE [--node-id N]`: the lock daemon of one node.
-//! Prints `rgfs-dlmd ready node=N address=A` on stdout once it listens; logs go to
-//! stderr (RUST_LOG, default info). Stops on SIGINT or SIGTERM.
+//! Prints `rgfs-dlmd ready node=N address=A` on stdout once it listens (and keeps
+//! serving if no one reads it); logs go to stderr (RUST_LOG, default info; colours
+//! only on a terminal). A fatal error is one line on stderr and exit 1. Stops on
+//! SIGINT or SIGTERM.
 
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -10,18 +13,21 @@ use rgfs_dlm::cluster::auth::ClusterKey;
 use rgfs_dlm::cluster::config::Config;
 use rgfs_dlm::daemon::{serve, Daemon, ServeHandle};
 
+/// Most worker threads `--threads` accepts.
+const MAX_THREADS: u64 = 1024;
+
 #[derive(Parser)]
-#[command(version, about = "rgfs distributed lock manager daemon")]
+#[command(name = env!("CARGO_BIN_NAME"), version, about = "rgfs distributed lock manager daemon")]
 struct Args {
     /// Cluster configuration file (TOML, see docs/dlm.md).
     #[arg(long, default_value = "/etc/rgfs/dlm.toml")]
     config: PathBuf,
     /// This node's id; by default the node whose name is the host name.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     node_id: Option<u32>,
     /// Worker threads: 1 = a single-threaded runtime (the default: lowest latency,
-    /// measured in docs/BENCHMARKS.md); 0 = one per core; N = N workers.
-    #[arg(long, default_value_t = 1)]
+    /// measured in docs/BENCHMARKS.md); 0 = one per core; N = N workers (at most 1024).
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=MAX_THREADS))]
     threads: usize,
 }
 
@@ -30,12 +36,13 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            tracing::error!("{message}");
-            eprintln!("rgfs-dlmd: {message}");
+            // Once, without the log line's decoration: it is the answer to the command.
+            let _ = writeln!(std::io::stderr(), "rgfs-dlmd: {message}");
             ExitCode::FAILURE
         }
     }
@@ -62,9 +69,10 @@ fn run(args: Args) -> Result<(), String> {
         let handle = ServeHandle::bind(&daemon).await?;
         let node = daemon.config.node(node_id).expect("checked by Daemon::new");
         tracing::info!(node = node_id, cluster = %daemon.config.cluster_name, address = %node.address, "rgfs-dlmd ready");
-        println!("rgfs-dlmd ready node={node_id} address={}", node.address);
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+        // Who started us may not read the line (stdout closed, `| true`): serve anyway.
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "rgfs-dlmd ready node={node_id} address={}", node.address).and_then(|()| stdout.flush());
+        drop(stdout);
         serve(daemon, receivers, handle, shutdown_signal()).await
     })
 }

@@ -1,18 +1,20 @@
 //! Admin queries (`status`, `lockdump`) on a session that joins no lockspace.
 
-use super::connect::{next_kind, open_session, ConnectOptions, Session};
+use super::connect::{next_kind, open_session, within_handshake, ConnectOptions, Session};
 use super::ClientError;
 use crate::proto as pb;
 
-/// A session for queries.
+/// A session for queries. A daemon answers a query at once, so each answer is
+/// awaited at most the handshake timeout.
 pub struct AdminClient {
     session: Session,
+    options: ConnectOptions,
 }
 
 impl AdminClient {
     /// Connects and authenticates.
     pub async fn connect(options: &ConnectOptions) -> Result<AdminClient, ClientError> {
-        Ok(AdminClient { session: open_session(options, "", 0, false).await? })
+        Ok(AdminClient { session: open_session(options, "", 0, false).await?, options: options.clone() })
     }
 
     /// The daemon's node id.
@@ -23,15 +25,19 @@ impl AdminClient {
     async fn query(&mut self, kind: pb::query::Kind) -> Result<pb::query_reply::Kind, ClientError> {
         let message = pb::ClientMessage { kind: Some(pb::client_message::Kind::Query(pb::Query { kind: Some(kind) })) };
         self.session.sender.message(message)?;
-        loop {
-            match next_kind(&mut self.session.receiver).await? {
-                pb::server_message::Kind::Reply(pb::QueryReply { kind: Some(pb::query_reply::Kind::Error(e)) }) => {
-                    return Err(ClientError::Protocol(e));
+        let receiver = &mut self.session.receiver;
+        within_handshake(&self.options, async {
+            loop {
+                match next_kind(receiver).await? {
+                    pb::server_message::Kind::Reply(pb::QueryReply { kind: Some(pb::query_reply::Kind::Error(e)) }) => {
+                        return Err(ClientError::Query(e));
+                    }
+                    pb::server_message::Kind::Reply(pb::QueryReply { kind: Some(reply) }) => return Ok(reply),
+                    _ => continue,
                 }
-                pb::server_message::Kind::Reply(pb::QueryReply { kind: Some(reply) }) => return Ok(reply),
-                _ => continue,
             }
-        }
+        })
+        .await?
     }
 
     /// The daemon's status and per-lockspace counters.

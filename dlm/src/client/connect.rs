@@ -1,6 +1,10 @@
 //! Reaching the local daemon: addresses, transports (framed, the default, or gRPC:
 //! the channel and the outbound batching stream), and the authentication handshake
 //! shared by lockspace and admin sessions over either transport.
+//!
+//! Every wait here is bounded: connecting by `connect_timeout`, everything from
+//! then until the welcome by `handshake_timeout` (docs/dlm.md, "Timeouts"). The
+//! operations of a session are not: a lock may wait as long as its holder keeps it.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -18,10 +22,11 @@ use tonic::Streaming;
 use super::framed::{FramedReader, FramedWriter};
 use super::ClientError;
 use crate::cluster::auth::{nonce, ClusterKey, Role};
-use crate::cluster::config::Config;
+use crate::cluster::config::{ClientConfig, Config, TuningConfig};
+use crate::error_line::error_chain;
+use crate::proto::framing::FrameError;
 use crate::proto::{self as pb, dlm_client::DlmClient};
 
-pub(crate) const CONNECT_TIMEOUT_MS: u64 = 5000;
 const BATCH_MAX: usize = 1024;
 
 /// Where the local daemon listens.
@@ -100,9 +105,36 @@ pub struct ConnectOptions {
     /// Framed transport: how long the reader polls the socket before it sleeps
     /// (the configuration's `[tuning] poll_us`; zero: never).
     pub poll: Duration,
+    /// Longest time to connect (the configuration's `[client] connect_timeout_ms`).
+    pub connect_timeout: Duration,
+    /// Longest time the daemon may take to answer once connected: its challenge and
+    /// welcome, and the answer to a query (`[client] handshake_timeout_ms`).
+    pub handshake_timeout: Duration,
 }
 
 impl ConnectOptions {
+    /// Options with the defaults of a configuration file that sets none.
+    pub fn new(address: DaemonAddress, key: ClusterKey, client_name: &str) -> ConnectOptions {
+        let client = ClientConfig::default();
+        ConnectOptions {
+            address,
+            key,
+            client_name: client_name.to_string(),
+            transport: Transport::default(),
+            poll: TuningConfig::default().poll(),
+            connect_timeout: client.connect_timeout(),
+            handshake_timeout: client.handshake_timeout(),
+        }
+    }
+
+    /// Takes the polling window and the timeouts of a configuration.
+    pub fn tuned_by(mut self, config: &Config) -> ConnectOptions {
+        self.poll = config.tuning.poll();
+        self.connect_timeout = config.client.connect_timeout();
+        self.handshake_timeout = config.client.handshake_timeout();
+        self
+    }
+
     /// Options for node `node_id` of a configuration: its unix socket if it has one,
     /// else its TCP address, and the cluster key file.
     pub fn from_config(config: &Config, node_id: u32, client_name: &str) -> Result<ConnectOptions, ClientError> {
@@ -112,13 +144,17 @@ impl ConnectOptions {
             None => DaemonAddress::Tcp(node.address),
         };
         let key = ClusterKey::load(&config.key_file).map_err(|e| ClientError::Connect(e.to_string()))?;
-        Ok(ConnectOptions { address, key, client_name: client_name.to_string(), transport: Transport::default(), poll: config.tuning.poll() })
+        Ok(ConnectOptions::new(address, key, client_name).tuned_by(config))
     }
 }
 
-async fn channel(address: &DaemonAddress) -> Result<Channel, ClientError> {
-    let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
-    let failed = |e: tonic::transport::Error| ClientError::Connect(format!("connecting to {address}: {e}"));
+/// A duration for people: "5 s", "0.25 s".
+pub(crate) fn seconds(duration: Duration) -> String {
+    format!("{} s", duration.as_secs_f64())
+}
+
+async fn channel(address: &DaemonAddress, timeout: Duration) -> Result<Channel, ClientError> {
+    let failed = |e: tonic::transport::Error| ClientError::Connect(format!("connecting to {address}: {}", error_chain(&e)));
     match address {
         DaemonAddress::Tcp(addr) => Endpoint::from_shared(format!("http://{addr}"))
             .map_err(failed)?
@@ -251,24 +287,44 @@ pub(crate) struct Session {
 }
 
 /// Opens a session over the chosen transport: challenge, hello with our proof,
-/// welcome with the daemon's proof.
+/// welcome with the daemon's proof. Connecting is bounded by the connect timeout,
+/// the rest by the handshake timeout.
 pub(crate) async fn open_session(options: &ConnectOptions, lockspace: &str, lvb_len: u32, filesystem: bool) -> Result<Session, ClientError> {
-    let (sender, receiver, flusher) = match options.transport {
+    let mut session = match options.transport {
         Transport::Grpc => {
-            let mut client = DlmClient::new(channel(&options.address).await?).max_decoding_message_size(crate::MESSAGE_MAX_BYTES);
+            let channel = channel(&options.address, options.connect_timeout).await?;
+            let mut client = DlmClient::new(channel).max_decoding_message_size(crate::MESSAGE_MAX_BYTES);
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let outbound = OutboundStream { rx, held: VecDeque::new() };
-            let inbound = client.session(outbound).await.map_err(|s| ClientError::Connect(s.message().to_string()))?.into_inner();
-            (Sender::Grpc(tx), Receiver::Grpc(inbound), None)
+            // Only this step waits for the daemon: the channel is connected.
+            let inbound = within_handshake(options, client.session(outbound))
+                .await?
+                .map_err(|s| ClientError::Connect(format!("{}: {}", options.address, s.message())))?
+                .into_inner();
+            Session { sender: Sender::Grpc(tx), receiver: Receiver::Grpc(inbound), welcome: pb::Welcome::default(), flusher: None }
         }
         Transport::Framed => {
-            let (writer, reader, flusher) = super::framed::connect(&options.address, options.poll).await?;
-            (Sender::Framed(writer.clone()), Receiver::Framed(reader, writer), Some(AbortOnDrop(flusher)))
+            let (writer, reader, flusher) =
+                super::framed::connect(&options.address, options.poll, options.connect_timeout).await?;
+            // Made at once so that a failed handshake stops the flusher.
+            let (sender, receiver) = (Sender::Framed(writer.clone()), Receiver::Framed(reader, writer));
+            Session { sender, receiver, welcome: pb::Welcome::default(), flusher: Some(AbortOnDrop(flusher)) }
         }
     };
-    // Made first so that a failed handshake stops the flusher.
-    let mut session = Session { sender, receiver, welcome: pb::Welcome::default(), flusher };
-    let challenge = match next_kind(&mut session.receiver).await? {
+    within_handshake(options, authenticate(&mut session, options, lockspace, lvb_len, filesystem)).await??;
+    Ok(session)
+}
+
+/// Awaits `step`, a wait for the daemon to answer, bounded by the handshake timeout.
+pub(crate) async fn within_handshake<T>(options: &ConnectOptions, step: impl std::future::Future<Output = T>) -> Result<T, ClientError> {
+    tokio::time::timeout(options.handshake_timeout, step)
+        .await
+        .map_err(|_| ClientError::NoAnswer { address: options.address.to_string(), after: seconds(options.handshake_timeout) })
+}
+
+/// The handshake on a connected session (see [`open_session`]).
+async fn authenticate(session: &mut Session, options: &ConnectOptions, lockspace: &str, lvb_len: u32, filesystem: bool) -> Result<(), ClientError> {
+    let challenge = match first_kind(&mut session.receiver, &options.address).await? {
         pb::server_message::Kind::Challenge(c) => c,
         other => return Err(ClientError::Protocol(format!("expected a challenge, got {other:?}"))),
     };
@@ -292,7 +348,34 @@ pub(crate) async fn open_session(options: &ConnectOptions, lockspace: &str, lvb_
         return Err(ClientError::Refused("the daemon did not prove the cluster key".into()));
     }
     session.welcome = welcome;
-    Ok(session)
+    Ok(())
+}
+
+/// The daemon's first message: what cannot be one says what answered instead.
+async fn first_kind(receiver: &mut Receiver, address: &DaemonAddress) -> Result<pb::server_message::Kind, ClientError> {
+    let Receiver::Framed(reader, _) = receiver else { return next_kind(receiver).await };
+    match reader.next_message().await {
+        Some(Ok(pb::ServerMessage { kind: Some(kind) })) => Ok(kind),
+        Some(Ok(pb::ServerMessage { kind: None })) => Err(ClientError::NotDaemon { address: address.to_string(), answer: "an empty message".into() }),
+        Some(Err(FrameError::Io(e))) => Err(ClientError::Connect(format!("{address}: {e}"))),
+        Some(Err(_)) => Err(ClientError::NotDaemon { address: address.to_string(), answer: describe_answer(reader.buffered()) }),
+        None => Err(ClientError::Connect(format!("{address} closed the connection without answering (is it an rgfs-dlmd?)"))),
+    }
+}
+
+/// What the other end sent instead of a challenge, for people: "HTTP", its first
+/// line if it is text, else its first bytes in hex.
+fn describe_answer(bytes: &[u8]) -> String {
+    if bytes.starts_with(b"HTTP/") {
+        return "HTTP".into();
+    }
+    let head = &bytes[..bytes.len().min(32)];
+    let line = head.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
+    if !line.is_empty() && line.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        return format!("the text {:?}", String::from_utf8_lossy(line));
+    }
+    let hex: Vec<String> = head.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("the bytes {}", hex.join(" "))
 }
 
 /// The next message's content; a closed stream is `Disconnected`.
@@ -306,9 +389,20 @@ pub(crate) async fn next_kind(receiver: &mut Receiver) -> Result<pb::server_mess
     }
 }
 
-/// Reads a key file into options (helper for tools).
+/// Reads a key file into options with the default tuning and timeouts (helper for tools).
 pub fn options_with_key_file(address: DaemonAddress, key_file: &Path, client_name: &str) -> Result<ConnectOptions, ClientError> {
     let key = ClusterKey::load(key_file).map_err(|e| ClientError::Connect(e.to_string()))?;
-    let poll = crate::cluster::config::TuningConfig::default().poll();
-    Ok(ConnectOptions { address, key, client_name: client_name.to_string(), transport: Transport::default(), poll })
+    Ok(ConnectOptions::new(address, key, client_name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_answer;
+
+    #[test]
+    fn answers_that_are_not_the_protocol_are_described() {
+        assert_eq!(describe_answer(b"HTTP/1.0 400 Bad Request\r\n"), "HTTP");
+        assert_eq!(describe_answer(b"SSH-2.0-OpenSSH_9.2\r\n"), "the text \"SSH-2.0-OpenSSH_9.2\"");
+        assert_eq!(describe_answer(&[0x16, 0x03, 0x01, 0xff]), "the bytes 16 03 01 ff");
+    }
 }

@@ -51,7 +51,11 @@ pub(crate) struct FramedWriter {
 
 /// Connects, sends the preface, and starts the flusher task; returns the two sides
 /// and the flusher's handle (abort it to close the connection).
-pub(crate) async fn connect(address: &DaemonAddress, poll: std::time::Duration) -> Result<(Arc<FramedWriter>, FramedReader, tokio::task::JoinHandle<()>), ClientError> {
+pub(crate) async fn connect(
+    address: &DaemonAddress,
+    poll: std::time::Duration,
+    timeout: std::time::Duration,
+) -> Result<(Arc<FramedWriter>, FramedReader, tokio::task::JoinHandle<()>), ClientError> {
     let failed = |e: io::Error| ClientError::Connect(format!("connecting to {address}: {e}"));
     let connecting = async {
         match address {
@@ -68,9 +72,9 @@ pub(crate) async fn connect(address: &DaemonAddress, poll: std::time::Duration) 
             }
         }
     };
-    let socket = tokio::time::timeout(std::time::Duration::from_millis(super::connect::CONNECT_TIMEOUT_MS), connecting)
+    let socket = tokio::time::timeout(timeout, connecting)
         .await
-        .map_err(|_| ClientError::Connect(format!("connecting to {address}: timed out")))?
+        .map_err(|_| ClientError::Connect(format!("connecting to {address}: no answer within {}", super::connect::seconds(timeout))))?
         .map_err(failed)?;
     let socket = Arc::new(socket);
     let state = WriteState { ops: Vec::new(), buffer: BytesMut::with_capacity(4096), codec: framing::codec(), flusher_busy: false, closed: false };

@@ -48,9 +48,30 @@ pub enum ClientError {
     /// The daemon could not be reached.
     #[error("cannot reach the lock daemon: {0}")]
     Connect(String),
+    /// Something answered at the daemon's address, but not the lock manager's
+    /// protocol.
+    #[error("{address} is not an rgfs-dlmd (it answered with {answer})")]
+    NotDaemon {
+        /// The address.
+        address: String,
+        /// What came back, for people: "HTTP", or the first bytes.
+        answer: String,
+    },
+    /// Connected, but the other end said nothing within the handshake timeout.
+    #[error("no answer from {address} within {after} (is it an rgfs-dlmd?)")]
+    NoAnswer {
+        /// The address.
+        address: String,
+        /// The timeout, for people ("5 s").
+        after: String,
+    },
     /// The daemon refused the session (wrong key, LVB length mismatch, limits).
     #[error("refused by the lock daemon: {0}")]
     Refused(String),
+    /// A query the daemon could not answer, e.g. a lock dump of a lockspace it does
+    /// not have (its words).
+    #[error("{0}")]
+    Query(String),
     /// The daemon said something that makes no sense here.
     #[error("protocol error: {0}")]
     Protocol(String),

@@ -16,6 +16,10 @@
 //!
 //! [tuning]                        # optional
 //! poll_us = 200                   # polling before sleeping, daemon and clients; 0 = off
+//!
+//! [client]                        # optional: clients that read this file
+//! connect_timeout_ms = 5000       # to connect to the daemon
+//! handshake_timeout_ms = 5000     # for the daemon to answer (handshake, queries)
 //! ```
 
 use std::net::SocketAddr;
@@ -115,6 +119,42 @@ impl TuningConfig {
     }
 }
 
+/// What a client that reads this file waits for its daemon: every wait of a
+/// client but the wait for a grant is bounded by one of these.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// Longest time to connect to the daemon, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Longest time the daemon may take to answer once connected (its challenge,
+    /// its welcome, the answer to a query), in milliseconds.
+    pub handshake_timeout_ms: u64,
+}
+
+/// The default of both client timeouts: a daemon answers in well under a
+/// millisecond, so five seconds only ever expire on something that is not one.
+pub const DEFAULT_CLIENT_TIMEOUT_MS: u64 = 5000;
+/// The longest client timeout accepted (one hour): longer is no longer a bound.
+pub const MAX_CLIENT_TIMEOUT_MS: u64 = 3_600_000;
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig { connect_timeout_ms: DEFAULT_CLIENT_TIMEOUT_MS, handshake_timeout_ms: DEFAULT_CLIENT_TIMEOUT_MS }
+    }
+}
+
+impl ClientConfig {
+    /// The connect timeout.
+    pub fn connect_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// The handshake (and query) timeout.
+    pub fn handshake_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.handshake_timeout_ms)
+    }
+}
+
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -135,6 +175,9 @@ pub struct Config {
     /// Latency against CPU time.
     #[serde(default)]
     pub tuning: TuningConfig,
+    /// Client timeouts.
+    #[serde(default)]
+    pub client: ClientConfig,
 }
 
 fn default_epoch() -> u64 {
@@ -222,6 +265,11 @@ impl Config {
         if self.tuning.poll_us > MAX_POLL_US {
             return invalid(format!("tuning.poll_us is at most {MAX_POLL_US} (one second); 0 turns polling off"));
         }
+        for (name, ms) in [("connect_timeout_ms", self.client.connect_timeout_ms), ("handshake_timeout_ms", self.client.handshake_timeout_ms)] {
+            if !(1..=MAX_CLIENT_TIMEOUT_MS).contains(&ms) {
+                return invalid(format!("client.{name} must be 1 to {MAX_CLIENT_TIMEOUT_MS} (one hour)"));
+            }
+        }
         Ok(())
     }
 
@@ -263,6 +311,7 @@ client_socket = "/tmp/n2.sock"
         assert_eq!(config.epoch, 1);
         assert_eq!(config.limits, LimitsConfig::default());
         assert_eq!(config.tuning.poll_us, DEFAULT_POLL_US);
+        assert_eq!(config.client, ClientConfig::default());
         assert_eq!(config.node(2).unwrap().client_socket.as_deref(), Some(Path::new("/tmp/n2.sock")));
     }
 
@@ -278,6 +327,8 @@ client_socket = "/tmp/n2.sock"
             (format!("{GOOD}[tuning]\npoll_us = 1000001\n"), "poll_us is at most 1000000"),
             (format!("{GOOD}[tuning]\npoll_us = -1\n"), "poll_us"),
             (format!("{GOOD}[tuning]\npoll = 5\n"), "unknown field"),
+            (format!("{GOOD}[client]\nconnect_timeout_ms = 0\n"), "client.connect_timeout_ms must be 1 to"),
+            (format!("{GOOD}[client]\nhandshake_timeout_ms = 3600001\n"), "client.handshake_timeout_ms must be 1 to"),
         ];
         for (text, needle) in cases {
             let error = Config::parse(&text).unwrap_err().to_string();

@@ -83,6 +83,10 @@ impl HolderOp {
         }
     }
 
+    fn noqueue(&self) -> bool {
+        matches!(self, HolderOp::Request { flags, .. } | HolderOp::Convert { flags, .. } if flags.contains(Flags::NOQUEUE))
+    }
+
     fn input(&self, lock: LockId, name: ResourceName) -> Input {
         match *self {
             HolderOp::Request { mode, flags } => Input::Request { lock, name, mode, flags },
@@ -245,10 +249,21 @@ impl Daemon {
             }
             return;
         }
-        if op.kind() != pb::OpKind::OpPurge && self.link_state(holder.master).lost {
-            let wire = WireError::new(codes::UNREACHABLE, format!("master node {} is unreachable", holder.master));
-            state.deliver_local(local, failed_event(op.kind(), &wire));
-            return;
+        if op.kind() != pb::OpKind::OpPurge {
+            let link = self.link_state(holder.master);
+            // Operations sent before the link's first connection wait for it, but a
+            // NOQUEUE one promised not to wait.
+            let refused = if link.lost {
+                Some(format!("master node {} is unreachable", holder.master))
+            } else if !link.outgoing && op.noqueue() {
+                Some(format!("master node {} is not connected (NOQUEUE does not wait for it)", holder.master))
+            } else {
+                None
+            };
+            if let Some(detail) = refused {
+                state.deliver_local(local, failed_event(op.kind(), &WireError::new(codes::UNREACHABLE, detail)));
+                return;
+            }
         }
         state.counters.forwarded += 1;
         let peer_op = pb::PeerOp { lockspace: ls.name.clone(), lvb_len: ls.lvb_len, lock_id: local, op: Some(op.to_wire(&holder.name, ls.lvb_len)) };

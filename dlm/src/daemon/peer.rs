@@ -26,6 +26,41 @@ use crate::proto::{self as pb, dlm_client::DlmClient};
 
 const RECONNECT_MAX_MS: u64 = 1000;
 const CONNECT_TIMEOUT_MS: u64 = 2000;
+/// Longest wait for a peer's challenge and welcome once connected.
+const HANDSHAKE_TIMEOUT_MS: u64 = 5000;
+
+/// Why a link attempt ended.
+#[derive(Debug, PartialEq, Eq)]
+enum LinkError {
+    /// Connecting or the connection failed: the peer may be starting or gone.
+    Unreachable(String),
+    /// The peer answered, but refused us or is not what the configuration says
+    /// (another key, cluster, epoch): a configuration problem, retrying will not help.
+    Refused(String),
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkError::Unreachable(why) | LinkError::Refused(why) => f.write_str(why),
+        }
+    }
+}
+
+fn unreachable(status: tonic::Status) -> LinkError {
+    LinkError::Unreachable(crate::error_line::status_line(&status))
+}
+
+/// A peer message's kind, for logs (its Debug form carries nonces and proofs).
+fn kind_name(kind: &pb::peer_message::Kind) -> &'static str {
+    match kind {
+        pb::peer_message::Kind::Challenge(_) => "challenge",
+        pb::peer_message::Kind::Hello(_) => "hello",
+        pb::peer_message::Kind::Welcome(_) => "welcome",
+        pb::peer_message::Kind::Refused(_) => "refusal",
+        pb::peer_message::Kind::Batch(_) => "batch",
+    }
+}
 
 fn peer_message(kind: pb::peer_message::Kind) -> pb::PeerMessage {
     pb::PeerMessage { kind: Some(kind) }
@@ -78,7 +113,7 @@ impl PeerInbound {
                 let daemon = self.daemon.clone();
                 let cluster = &daemon.config.cluster_name;
                 if !daemon.key.verify(Role::Peer, cluster, &self.server_nonce, &hello.client_nonce, &hello.proof) {
-                    return self.refuse("authentication failed: wrong cluster key".into());
+                    return self.refuse("authentication refused: wrong cluster key".into());
                 }
                 if hello.node_id == daemon.node_id || !daemon.membership.contains(hello.node_id) {
                     return self.refuse(format!("node {} is not a peer", hello.node_id));
@@ -160,7 +195,7 @@ impl Responder for PeerInbound {
 
     fn finish(&mut self, why: Option<tonic::Status>) {
         if let Some(status) = why {
-            tracing::debug!(peer = %self.peer, %status, "peer stream error");
+            tracing::debug!(peer = %self.peer, status = %crate::error_line::status_line(&status), "peer stream error");
         }
         self.done = true;
     }
@@ -195,12 +230,15 @@ pub async fn run_outgoing(daemon: Arc<Daemon>, node: u32, mut ops: UnboundedRece
     let mut backoff_ms = 20;
     // Purges that were waiting when the link went down: sent first on the next link.
     let mut carried: Vec<pb::PeerOp> = Vec::new();
+    // The last failure logged as a warning: each problem is told once, not per retry.
+    let mut told: Option<LinkError> = None;
     loop {
         let mut connected = false;
         match link_once(&daemon, node, address, &mut ops, &mut carried, &mut connected).await {
             Ok(()) => return,
             Err(reason) => {
                 if connected {
+                    told = None;
                     tracing::warn!(node, %reason, "outgoing peer link down");
                     daemon.set_link(node, |l| {
                         l.outgoing = false;
@@ -215,6 +253,9 @@ pub async fn run_outgoing(daemon: Arc<Daemon>, node: u32, mut ops: UnboundedRece
                     }
                     daemon.fail_pending_on(node);
                     backoff_ms = 20;
+                } else if matches!(reason, LinkError::Refused(_)) && told.as_ref() != Some(&reason) {
+                    tracing::warn!(node, %address, %reason, "outgoing peer link refused; retrying");
+                    told = Some(reason);
                 } else {
                     tracing::debug!(node, %reason, "peer not reachable yet");
                 }
@@ -232,35 +273,47 @@ async fn link_once(
     ops: &mut UnboundedReceiver<pb::PeerOp>,
     carried: &mut Vec<pb::PeerOp>,
     connected: &mut bool,
-) -> Result<(), String> {
+) -> Result<(), LinkError> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| e.to_string())?
+        .map_err(|e| LinkError::Refused(e.to_string()))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS));
-    let channel = endpoint.connect().await.map_err(|e| format!("connecting: {e}"))?;
+    let channel =
+        endpoint.connect().await.map_err(|e| LinkError::Unreachable(format!("connecting: {}", crate::error_line::error_chain(&e))))?;
     let mut client = DlmClient::new(channel).max_decoding_message_size(crate::MESSAGE_MAX_BYTES);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut inbound = client.peer(UnboundedReceiverStream::new(rx)).await.map_err(|e| e.to_string())?.into_inner();
     let cluster = &daemon.config.cluster_name;
     let epoch = daemon.membership.epoch;
-    let server_nonce = match inbound.message().await.map_err(|e| e.to_string())?.and_then(|m| m.kind) {
-        Some(pb::peer_message::Kind::Challenge(c)) if c.cluster_name == *cluster && c.node_id == node => c.server_nonce,
-        other => return Err(format!("expected the challenge of node {node} of {cluster}, got {other:?}")),
+    let handshake = async {
+        let mut inbound = client.peer(UnboundedReceiverStream::new(rx)).await.map_err(unreachable)?.into_inner();
+        let server_nonce = match inbound.message().await.map_err(unreachable)?.and_then(|m| m.kind) {
+            Some(pb::peer_message::Kind::Challenge(c)) if c.cluster_name == *cluster && c.node_id == node => c.server_nonce,
+            Some(pb::peer_message::Kind::Challenge(c)) => {
+                return Err(LinkError::Refused(format!("node {} of cluster {:?} answered, not node {node} of {cluster:?}", c.node_id, c.cluster_name)));
+            }
+            None => return Err(LinkError::Unreachable("closed before the challenge".into())),
+            Some(other) => return Err(LinkError::Refused(format!("expected a challenge, got {}", kind_name(&other)))),
+        };
+        let client_nonce = nonce();
+        let hello = pb::Hello {
+            proof: daemon.key.prove(Role::Peer, cluster, &server_nonce, &client_nonce),
+            client_nonce: client_nonce.clone(),
+            node_id: daemon.node_id,
+            epoch,
+            ..Default::default()
+        };
+        tx.send(peer_message(pb::peer_message::Kind::Hello(hello))).map_err(|_| LinkError::Unreachable("stream closed".into()))?;
+        match inbound.message().await.map_err(unreachable)?.and_then(|m| m.kind) {
+            Some(pb::peer_message::Kind::Welcome(w)) if daemon.key.verify(Role::Server, cluster, &server_nonce, &client_nonce, &w.proof) => {}
+            Some(pb::peer_message::Kind::Refused(r)) => return Err(LinkError::Refused(format!("refused by node {node}: {}", r.reason))),
+            None => return Err(LinkError::Unreachable("closed during the handshake".into())),
+            Some(_) => return Err(LinkError::Refused(format!("node {node} did not prove the cluster key"))),
+        }
+        Ok(inbound)
     };
-    let client_nonce = nonce();
-    let hello = pb::Hello {
-        proof: daemon.key.prove(Role::Peer, cluster, &server_nonce, &client_nonce),
-        client_nonce: client_nonce.clone(),
-        node_id: daemon.node_id,
-        epoch,
-        ..Default::default()
-    };
-    tx.send(peer_message(pb::peer_message::Kind::Hello(hello))).map_err(|_| "stream closed")?;
-    match inbound.message().await.map_err(|e| e.to_string())?.and_then(|m| m.kind) {
-        Some(pb::peer_message::Kind::Welcome(w)) if daemon.key.verify(Role::Server, cluster, &server_nonce, &client_nonce, &w.proof) => {}
-        Some(pb::peer_message::Kind::Refused(r)) => return Err(format!("refused: {}", r.reason)),
-        other => return Err(format!("node {node} did not prove the cluster key: {other:?}")),
-    }
+    let mut inbound = tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), handshake)
+        .await
+        .map_err(|_| LinkError::Unreachable(format!("no handshake within {HANDSHAKE_TIMEOUT_MS} ms")))??;
     *connected = true;
     daemon.set_link(node, |l| {
         l.outgoing = true;
@@ -269,7 +322,7 @@ async fn link_once(
     tracing::info!(node, %address, "outgoing peer link up");
     if !carried.is_empty() {
         let batch = pb::PeerBatch { epoch, ops: std::mem::take(carried), events: vec![] };
-        tx.send(peer_message(pb::peer_message::Kind::Batch(batch))).map_err(|_| "stream closed")?;
+        tx.send(peer_message(pb::peer_message::Kind::Batch(batch))).map_err(|_| LinkError::Unreachable("stream closed".into()))?;
     }
     loop {
         tokio::select! {
@@ -283,17 +336,20 @@ async fn link_once(
                     }
                 }
                 let message = peer_message(pb::peer_message::Kind::Batch(pb::PeerBatch { epoch, ops: batch, events: vec![] }));
-                tx.send(message).map_err(|_| "stream closed")?;
+                tx.send(message).map_err(|_| LinkError::Unreachable("stream closed".into()))?;
             }
-            message = inbound.message() => match message.map_err(|e| e.to_string())?.and_then(|m| m.kind) {
+            message = inbound.message() => match message.map_err(unreachable)?.and_then(|m| m.kind) {
                 Some(pb::peer_message::Kind::Batch(batch)) if batch.epoch == epoch => {
                     for event in batch.events {
                         daemon.apply_peer_event(event);
                     }
                 }
-                Some(pb::peer_message::Kind::Refused(r)) => return Err(format!("refused: {}", r.reason)),
-                None => return Err("closed by the peer".into()),
-                other => return Err(format!("unexpected message: {other:?}")),
+                Some(pb::peer_message::Kind::Refused(r)) => return Err(LinkError::Refused(format!("refused by node {node}: {}", r.reason))),
+                None => return Err(LinkError::Unreachable("closed by the peer".into())),
+                Some(pb::peer_message::Kind::Batch(batch)) => {
+                    return Err(LinkError::Refused(format!("batch of epoch {} (ours is {epoch})", batch.epoch)));
+                }
+                Some(other) => return Err(LinkError::Refused(format!("unexpected {}", kind_name(&other)))),
             },
         }
     }

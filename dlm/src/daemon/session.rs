@@ -161,7 +161,7 @@ impl Session {
         let daemon = self.daemon.clone();
         let cluster = &daemon.config.cluster_name;
         if !daemon.key.verify(Role::Client, cluster, &self.server_nonce, &hello.client_nonce, &hello.proof) {
-            return self.refuse("authentication failed: wrong cluster key");
+            return self.refuse("authentication refused: wrong cluster key");
         }
         let sessions = daemon.sessions.fetch_add(1, Ordering::Relaxed);
         if sessions >= daemon.config.limits.max_sessions {
@@ -365,7 +365,7 @@ impl<I: ClientSource> Responder for SessionStream<I> {
 
     fn finish(&mut self, why: Option<tonic::Status>) {
         if let Some(status) = why {
-            tracing::debug!(peer = %self.session.peer, %status, "session connection error");
+            tracing::debug!(peer = %self.session.peer, status = %crate::error_line::status_line(&status), "session connection error");
         }
         self.session.done = true;
     }

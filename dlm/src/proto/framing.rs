@@ -76,6 +76,12 @@ impl<R: AsyncRead + Unpin, M: prost::Message + Default> FrameReader<R, M> {
         self.frames.get_mut()
     }
 
+    /// What was read and not yet taken as a message: after an error, the bytes that
+    /// caused it (to tell people what the other end sent).
+    pub fn buffered(&self) -> &[u8] {
+        self.frames.read_buffer()
+    }
+
     /// The next message; `None` when the connection ended cleanly between frames.
     pub fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<M, FrameError>>> {
         Pin::new(&mut self.frames).poll_next(cx).map(|frame| {
@@ -131,5 +137,14 @@ mod tests {
         assert_eq!(read_all(&huge), vec![Err(FrameError::TooLarge)]);
         assert_eq!(read_all(&[0, 0, 0, 9, 1, 2]), vec![Err(FrameError::Truncated)]);
         assert!(matches!(read_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff])[..], [Err(FrameError::Malformed(_))]));
+    }
+
+    #[test]
+    fn an_oversize_frame_stays_buffered_to_be_shown() {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let answer: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\r\n";
+        let mut reader = FrameReader::<_, pb::ServerMessage>::new(answer);
+        assert_eq!(runtime.block_on(reader.next_message()), Some(Err(FrameError::TooLarge)));
+        assert!(reader.buffered().starts_with(b"HTTP/1.1"));
     }
 }

@@ -10,7 +10,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rgfs_dlm::client::{AdminClient, BlockingEvents, ConnectOptions, DaemonAddress, JoinOptions, Lockspace, Transport};
 use rgfs_dlm::cluster::config::Config;
@@ -155,7 +155,35 @@ impl Cluster {
                 Err(_) => return Err("a daemon did not report ready".into()),
             }
         }
+        cluster.wait_for_links()?;
         Ok(cluster)
+    }
+
+    /// Waits until every daemon's links to the others are up: a daemon reports ready
+    /// before its links connect, and a NOQUEUE operation fails at once without its
+    /// link (`rgfs-dlm status` is the probe: this runs outside any runtime).
+    fn wait_for_links(&self) -> Result<(), String> {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        for node in 1..=3u32 {
+            loop {
+                let out = Command::new(CLI)
+                    .arg("--config")
+                    .arg(&self.config_path)
+                    .args(["--node-id", &node.to_string(), "status"])
+                    .output()
+                    .map_err(|e| e.to_string())?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                let peers: Vec<&str> = text.lines().filter(|l| l.starts_with("peer node")).collect();
+                if out.status.success() && peers.len() == 2 && peers.iter().all(|l| l.contains("outgoing up")) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("the peer links of node {node} did not come up: {text}"));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
     }
 
     /// CPU time (user + system) the daemon of `node` has used so far.
