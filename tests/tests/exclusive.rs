@@ -375,3 +375,58 @@ fn tools_wait_for_a_server_still_writing_back() {
     m.unmount().unwrap();
     fsck(&image).unwrap();
 }
+
+/// umount(8) itself runs the helper for a fuse.rgfs mount and returns once
+/// the volume is written back. Installing into /sbin would change the
+/// machine for everyone, so this runs in a private mount namespace where
+/// an overlay adds umount.fuse.rgfs to the directory /sbin names. The mount
+/// point is given relatively: given an absolute one, umount(8) as root
+/// takes the type from statfs(2), which says only "fuse", and runs no
+/// helper (see docs/ARCHITECTURE.md).
+#[test]
+fn umount_runs_the_helper_and_returns_once_written_back() {
+    let Some((tmp, image)) = volume(512) else { return };
+    if !rgfs_tests::have("unshare") {
+        eprintln!("SKIPPED: needs unshare(1)");
+        return;
+    }
+    let sbin_dir = std::fs::canonicalize("/sbin").unwrap();
+    let helpers = tmp.path().join("helpers");
+    std::fs::create_dir(&helpers).unwrap();
+    std::fs::copy(umount_bin(), helpers.join("umount.fuse.rgfs")).unwrap();
+    let dir = tmp.path().join("mnt");
+    std::fs::create_dir(&dir).unwrap();
+    // Exit 77: the overlay cannot be made here.
+    let script = format!(
+        r#"mount -t overlay overlay -o lowerdir={helpers}:{sbin} {sbin} || exit 77
+set -e
+{mount} {image} {dir}
+mkdir {dir}/many
+for i in $(seq 1 1000); do echo "file $i" > {dir}/many/f$i; done
+dd if=/dev/urandom of={dir}/big bs=1M count=40 status=none
+cd {tmp}
+umount -v mnt
+"#,
+        helpers = helpers.display(),
+        sbin = sbin_dir.display(),
+        mount = mount_bin().display(),
+        image = image.display(),
+        dir = dir.display(),
+        tmp = tmp.path().display(),
+    );
+    let out = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    // A server left behind by a failed script serves a namespace no one
+    // else sees: SIGTERM makes it unmount there and exit.
+    if let Some(pid) = daemon_pid(&image, &dir) {
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), text(&out));
+    if out.status.code() == Some(77) {
+        eprintln!("SKIPPED: cannot make an overlay on {} in a private mount namespace: {said}", sbin_dir.display());
+        return;
+    }
+    assert!(out.status.success(), "{said}");
+    let expected = format!("umount.fuse.rgfs: {} unmounted; {} written back", dir.display(), image.display());
+    assert!(said.contains(&expected), "umount did not run the helper: {said}");
+    fsck(&image).unwrap();
+}
