@@ -151,12 +151,24 @@ fn lock_one(file: &Path, kind: Kind, first: bool) -> std::io::Result<Option<File
 /// Takes a claim of `kind` on `path` (an image file or a block device) if
 /// it is free now.
 pub fn try_claim(path: &Path, kind: Kind) -> Result<Claim, ClaimError> {
+    attempt(path, kind, &[])
+}
+
+/// [`try_claim`], looking first among `known` for the holders to report:
+/// a scan of every process reads their open files' links, and each read
+/// pins that file's mount for a moment (an unmount then fails with EBUSY),
+/// so a waiter does not rescan the machine every time it retries.
+fn attempt(path: &Path, kind: Kind, known: &[u32]) -> Result<Claim, ClaimError> {
     let name = path.display().to_string();
     let open_err = |source| ClaimError::Open { path: name.clone(), source };
     let files = holders::claimed_files(path).map_err(open_err)?;
+    let who = || {
+        let found = if known.is_empty() { Vec::new() } else { holders::holders(&files, Some(known)) };
+        if found.is_empty() { holders::holders(&files, None) } else { found }
+    };
     let mounted = mounts_of(path).into_iter().find(|m| kind == Kind::Exclusive || m.fstype != "fuse.rgfs");
     if let Some(m) = mounted {
-        return Err(ClaimError::Mounted { path: name, point: m.point, holders: holders::holders(&files, None) });
+        return Err(ClaimError::Mounted { path: name, point: m.point, holders: who() });
     }
     let mut held = Vec::new();
     for (i, f) in files.iter().enumerate() {
@@ -166,9 +178,9 @@ pub fn try_claim(path: &Path, kind: Kind) -> Result<Claim, ClaimError> {
                 drop(held);
                 // Taken between the mountinfo check and the lock: say so.
                 if let Some(m) = mounts_of(path).into_iter().next().filter(|_| kind == Kind::Exclusive) {
-                    return Err(ClaimError::Mounted { path: name, point: m.point, holders: holders::holders(&files, None) });
+                    return Err(ClaimError::Mounted { path: name, point: m.point, holders: who() });
                 }
-                return Err(ClaimError::Busy { path: name, holders: holders::holders(&files, None), waited: None });
+                return Err(ClaimError::Busy { path: name, holders: who(), waited: None });
             }
         }
     }
@@ -183,8 +195,9 @@ pub fn try_claim(path: &Path, kind: Kind) -> Result<Claim, ClaimError> {
 pub fn claim(path: &Path, kind: Kind, patience: Duration, waiting: &mut dyn FnMut(&str)) -> Result<Claim, ClaimError> {
     let start = Instant::now();
     let mut told = false;
+    let mut known = Vec::new();
     loop {
-        match try_claim(path, kind) {
+        match attempt(path, kind, &known) {
             // Only a holder we can see is waited for: one we cannot (the
             // kernel's O_EXCL user, say) is not about to go away.
             Err(ClaimError::Busy { path, holders, .. }) if !holders.is_empty() => {
@@ -195,6 +208,7 @@ pub fn claim(path: &Path, kind: Kind, patience: Duration, waiting: &mut dyn FnMu
                     waiting(&format!("waiting for {path}: {}…", busy(&holders)));
                     told = true;
                 }
+                known = holders.iter().map(|h| h.pid).collect();
                 std::thread::sleep(Duration::from_millis(50));
             }
             r => return r,
