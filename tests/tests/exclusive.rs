@@ -137,7 +137,9 @@ fn mkfs_refuses_a_mounted_volume_even_with_o() {
     let dir = tmp.path().join("mnt");
     let m = Mounted::new(&image, &dir, "").expect("mount");
     write_marker(&m);
-    for (what, device) in [("absolute path", image.as_path()), ("relative path", Path::new("vol.img")), ("symlink", &link)] {
+    for (what, device) in
+        [("absolute path", image.as_path()), ("relative path", Path::new("vol.img")), ("symlink", &link)]
+    {
         let out = mkfs_o(tmp.path(), device);
         assert_eq!(out.status.code(), Some(255), "{what}: {}", text(&out));
         assert_refused(&out, &dir, m.pid(), what);
@@ -320,10 +322,8 @@ fn waits_for(mut cmd: Command, server: StoppedServer, image: &Path, what: &str) 
     let mut err = BufReader::new(tool.stderr.take().unwrap());
     let mut first = String::new();
     err.read_line(&mut first).unwrap();
-    let expected = format!(
-        "waiting for {}: still being written by the server of a previous mount (pid {pid})",
-        image.display()
-    );
+    let expected =
+        format!("waiting for {}: still being written by the server of a previous mount (pid {pid})", image.display());
     if !first.contains(&expected) {
         let _ = tool.kill();
         let _ = tool.wait();
@@ -422,7 +422,10 @@ umount -v {dir}
     }
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), text(&out));
     if out.status.code() == Some(77) {
-        eprintln!("SKIPPED: cannot mount over {} and /run/mount in a private mount namespace: {said}", sbin_dir.display());
+        eprintln!(
+            "SKIPPED: cannot mount over {} and /run/mount in a private mount namespace: {said}",
+            sbin_dir.display()
+        );
         return;
     }
     assert!(out.status.success(), "{said}");

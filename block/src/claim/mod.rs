@@ -164,7 +164,11 @@ fn attempt(path: &Path, kind: Kind, known: &[u32]) -> Result<Claim, ClaimError> 
     let files = holders::claimed_files(path).map_err(open_err)?;
     let who = || {
         let found = if known.is_empty() { Vec::new() } else { holders::holders(&files, Some(known)) };
-        if found.is_empty() { holders::holders(&files, None) } else { found }
+        if found.is_empty() {
+            holders::holders(&files, None)
+        } else {
+            found
+        }
     };
     let mounted = mounts_of(path).into_iter().find(|m| kind == Kind::Exclusive || m.fstype != "fuse.rgfs");
     if let Some(m) = mounted {

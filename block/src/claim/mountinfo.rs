@@ -129,9 +129,14 @@ pub fn mount_point(path: &Path) -> Option<String> {
 pub fn mount_at(point: &Path) -> Option<Mount> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let point = point.display().to_string();
-    mountinfo.lines().filter_map(parse_line).rfind(|(_, p, _, _)| unescape(p) == point).map(|(dev, p, fstype, source)| {
-        Mount { dev: dev.to_string(), point: unescape(p), fstype: fstype.to_string(), source: unescape(source) }
-    })
+    mountinfo.lines().filter_map(parse_line).rfind(|(_, p, _, _)| unescape(p) == point).map(
+        |(dev, p, fstype, source)| Mount {
+            dev: dev.to_string(),
+            point: unescape(p),
+            fstype: fstype.to_string(),
+            source: unescape(source),
+        },
+    )
 }
 
 #[cfg(test)]

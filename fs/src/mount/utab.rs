@@ -86,7 +86,10 @@ pub fn add(source: &Path, target: &Path) -> Option<UtabEntry> {
     }
     let target = target.to_str()?;
     let id = mount_id(target)?;
-    let entry = UtabEntry { src: format!("SRC={}", escape(&source.display().to_string())), target: format!("TARGET={}", escape(target)) };
+    let entry = UtabEntry {
+        src: format!("SRC={}", escape(&source.display().to_string())),
+        target: format!("TARGET={}", escape(target)),
+    };
     let line = format!("ID={id} {} {} ROOT=/ OPTS=helper=fuse.rgfs\n", entry.src, entry.target);
     update(|old| format!("{old}{line}")).ok()?;
     Some(entry)
