@@ -77,6 +77,16 @@ fn update(edit: impl FnOnce(&str) -> String) -> std::io::Result<()> {
     // The lock is released when `lock` is dropped.
 }
 
+/// `utab` without the lines of rgfs mounts whose mount point is not in
+/// `mounted` (mount points as mountinfo escapes them).
+fn without_stale(utab: &str, mounted: &[&str]) -> String {
+    let stale = |l: &str| {
+        l.split(' ').any(|f| f == "OPTS=helper=fuse.rgfs")
+            && l.split(' ').filter_map(|f| f.strip_prefix("TARGET=")).any(|t| !mounted.contains(&t))
+    };
+    utab.lines().filter(|l| !stale(l)).map(|l| format!("{l}\n")).collect()
+}
+
 /// Adds the line for the live mount of `source` on `target` (an absolute
 /// path); None when it cannot (not root, no /run/mount, no such mount).
 pub fn add(source: &Path, target: &Path) -> Option<UtabEntry> {
@@ -91,7 +101,12 @@ pub fn add(source: &Path, target: &Path) -> Option<UtabEntry> {
         target: format!("TARGET={}", escape(target)),
     };
     let line = format!("ID={id} {} {} ROOT=/ OPTS=helper=fuse.rgfs\n", entry.src, entry.target);
-    update(|old| format!("{old}{line}")).ok()?;
+    // Lines of servers that died without removing theirs (kill -9) would
+    // pile up: ours are dropped once their mount point is no longer mounted
+    // (here: utab serves this mount namespace).
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mounted: Vec<&str> = info.lines().filter_map(|l| l.split(' ').nth(4)).collect();
+    update(|old| without_stale(old, &mounted) + &line).ok()?;
     Some(entry)
 }
 
@@ -106,6 +121,18 @@ impl UtabEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drops_only_rgfs_lines_whose_mount_is_gone() {
+        let utab = "ID=40 SRC=/a.img TARGET=/m/a ROOT=/ OPTS=helper=fuse.rgfs\n\
+                    SRC=/b.img TARGET=/m/b ROOT=/ OPTS=helper=fuse.rgfs\n\
+                    ID=42 SRC=/dev/sdc TARGET=/m/c ROOT=/ OPTS=helper=udisks2\n";
+        assert_eq!(
+            without_stale(utab, &["/", "/m/a"]),
+            "ID=40 SRC=/a.img TARGET=/m/a ROOT=/ OPTS=helper=fuse.rgfs\n\
+             ID=42 SRC=/dev/sdc TARGET=/m/c ROOT=/ OPTS=helper=udisks2\n"
+        );
+    }
 
     #[test]
     fn escapes_as_mountinfo_does() {
