@@ -137,7 +137,9 @@ fn mkfs_refuses_a_mounted_volume_even_with_o() {
     let dir = tmp.path().join("mnt");
     let m = Mounted::new(&image, &dir, "").expect("mount");
     write_marker(&m);
-    for (what, device) in [("absolute path", image.as_path()), ("relative path", Path::new("vol.img")), ("symlink", &link)] {
+    for (what, device) in
+        [("absolute path", image.as_path()), ("relative path", Path::new("vol.img")), ("symlink", &link)]
+    {
         let out = mkfs_o(tmp.path(), device);
         assert_eq!(out.status.code(), Some(255), "{what}: {}", text(&out));
         assert_refused(&out, &dir, m.pid(), what);
@@ -320,10 +322,8 @@ fn waits_for(mut cmd: Command, server: StoppedServer, image: &Path, what: &str) 
     let mut err = BufReader::new(tool.stderr.take().unwrap());
     let mut first = String::new();
     err.read_line(&mut first).unwrap();
-    let expected = format!(
-        "waiting for {}: still being written by the server of a previous mount (pid {pid})",
-        image.display()
-    );
+    let expected =
+        format!("waiting for {}: still being written by the server of a previous mount (pid {pid})", image.display());
     if !first.contains(&expected) {
         let _ = tool.kill();
         let _ = tool.wait();
@@ -373,5 +373,63 @@ fn tools_wait_for_a_server_still_writing_back() {
     let m = Mounted::new(&image, &dir, "").expect("mount the new filesystem");
     assert!(!m.path("f0").exists(), "mkfs made a new filesystem");
     m.unmount().unwrap();
+    fsck(&image).unwrap();
+}
+
+/// umount(8) itself runs the helper for a fuse.rgfs mount and returns once
+/// the volume is written back. Installing into /sbin would change the
+/// machine for everyone, so this runs in a private mount namespace where
+/// an overlay adds umount.fuse.rgfs to the directory /sbin names, and a
+/// tmpfs gives it its own /run/mount (libmount's utab). The mount point is
+/// absolute: umount(8) then runs the helper only because mount.rgfs left a
+/// line in utab (as root it otherwise takes the type from statfs(2), which
+/// says only "fuse").
+#[test]
+fn umount_runs_the_helper_and_returns_once_written_back() {
+    let Some((tmp, image)) = volume(512) else { return };
+    if !rgfs_tests::have("unshare") {
+        eprintln!("SKIPPED: needs unshare(1)");
+        return;
+    }
+    let sbin_dir = std::fs::canonicalize("/sbin").unwrap();
+    let helpers = tmp.path().join("helpers");
+    std::fs::create_dir(&helpers).unwrap();
+    std::fs::copy(umount_bin(), helpers.join("umount.fuse.rgfs")).unwrap();
+    let dir = tmp.path().join("mnt");
+    std::fs::create_dir(&dir).unwrap();
+    // Exit 77: the overlay cannot be made here.
+    let script = format!(
+        r#"mount -t overlay overlay -o lowerdir={helpers}:{sbin} {sbin} || exit 77
+mount -t tmpfs tmpfs /run/mount || exit 77
+set -e
+{mount} {image} {dir}
+mkdir {dir}/many
+for i in $(seq 1 1000); do echo "file $i" > {dir}/many/f$i; done
+dd if=/dev/urandom of={dir}/big bs=1M count=40 status=none
+umount -v {dir}
+"#,
+        helpers = helpers.display(),
+        sbin = sbin_dir.display(),
+        mount = mount_bin().display(),
+        image = image.display(),
+        dir = dir.display(),
+    );
+    let out = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    // A server left behind by a failed script serves a namespace no one
+    // else sees: SIGTERM makes it unmount there and exit.
+    if let Some(pid) = daemon_pid(&image, &dir) {
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), text(&out));
+    if out.status.code() == Some(77) {
+        eprintln!(
+            "SKIPPED: cannot mount over {} and /run/mount in a private mount namespace: {said}",
+            sbin_dir.display()
+        );
+        return;
+    }
+    assert!(out.status.success(), "{said}");
+    let expected = format!("umount.fuse.rgfs: {} unmounted; {} written back", dir.display(), image.display());
+    assert!(said.contains(&expected), "umount did not run the helper: {said}");
     fsck(&image).unwrap();
 }

@@ -151,12 +151,28 @@ fn lock_one(file: &Path, kind: Kind, first: bool) -> std::io::Result<Option<File
 /// Takes a claim of `kind` on `path` (an image file or a block device) if
 /// it is free now.
 pub fn try_claim(path: &Path, kind: Kind) -> Result<Claim, ClaimError> {
+    attempt(path, kind, &[])
+}
+
+/// [`try_claim`], looking first among `known` for the holders to report:
+/// a scan of every process reads their open files' links, and each read
+/// pins that file's mount for a moment (an unmount then fails with EBUSY),
+/// so a waiter does not rescan the machine every time it retries.
+fn attempt(path: &Path, kind: Kind, known: &[u32]) -> Result<Claim, ClaimError> {
     let name = path.display().to_string();
     let open_err = |source| ClaimError::Open { path: name.clone(), source };
     let files = holders::claimed_files(path).map_err(open_err)?;
+    let who = || {
+        let found = if known.is_empty() { Vec::new() } else { holders::holders(&files, Some(known)) };
+        if found.is_empty() {
+            holders::holders(&files, None)
+        } else {
+            found
+        }
+    };
     let mounted = mounts_of(path).into_iter().find(|m| kind == Kind::Exclusive || m.fstype != "fuse.rgfs");
     if let Some(m) = mounted {
-        return Err(ClaimError::Mounted { path: name, point: m.point, holders: holders::holders(&files, None) });
+        return Err(ClaimError::Mounted { path: name, point: m.point, holders: who() });
     }
     let mut held = Vec::new();
     for (i, f) in files.iter().enumerate() {
@@ -166,9 +182,9 @@ pub fn try_claim(path: &Path, kind: Kind) -> Result<Claim, ClaimError> {
                 drop(held);
                 // Taken between the mountinfo check and the lock: say so.
                 if let Some(m) = mounts_of(path).into_iter().next().filter(|_| kind == Kind::Exclusive) {
-                    return Err(ClaimError::Mounted { path: name, point: m.point, holders: holders::holders(&files, None) });
+                    return Err(ClaimError::Mounted { path: name, point: m.point, holders: who() });
                 }
-                return Err(ClaimError::Busy { path: name, holders: holders::holders(&files, None), waited: None });
+                return Err(ClaimError::Busy { path: name, holders: who(), waited: None });
             }
         }
     }
@@ -178,13 +194,17 @@ pub fn try_claim(path: &Path, kind: Kind) -> Result<Claim, ClaimError> {
 /// Takes a claim of `kind` on `path`, waiting up to `patience` while it is
 /// held by a program that has not mounted the volume (typically a server
 /// still writing back after `umount`); `waiting` is told once, with a line
-/// to show the user. A mounted volume is refused at once.
+/// to show the user. A mounted volume, or one held by no process this one
+/// can see, is refused at once.
 pub fn claim(path: &Path, kind: Kind, patience: Duration, waiting: &mut dyn FnMut(&str)) -> Result<Claim, ClaimError> {
     let start = Instant::now();
     let mut told = false;
+    let mut known = Vec::new();
     loop {
-        match try_claim(path, kind) {
-            Err(ClaimError::Busy { path, holders, .. }) => {
+        match attempt(path, kind, &known) {
+            // Only a holder we can see is waited for: one we cannot (the
+            // kernel's O_EXCL user, say) is not about to go away.
+            Err(ClaimError::Busy { path, holders, .. }) if !holders.is_empty() => {
                 if start.elapsed() >= patience {
                     return Err(ClaimError::Busy { path, holders, waited: Some(patience) });
                 }
@@ -192,6 +212,7 @@ pub fn claim(path: &Path, kind: Kind, patience: Duration, waiting: &mut dyn FnMu
                     waiting(&format!("waiting for {path}: {}…", busy(&holders)));
                     told = true;
                 }
+                known = holders.iter().map(|h| h.pid).collect();
                 std::thread::sleep(Duration::from_millis(50));
             }
             r => return r,
@@ -257,18 +278,72 @@ mod tests {
         assert!(is_busy(try_claim(&link, Kind::Exclusive)));
     }
 
+    /// A child process sharing `claim`'s locked file (OFD locks survive
+    /// fork), which keeps the claim for `ms` milliseconds after the parent
+    /// drops its copy, then exits.
+    fn held_by_child(claim: Claim, ms: u32) -> i32 {
+        let keep = claim._files[0].as_raw_fd();
+        // SAFETY: the child only closes, sleeps and exits (all
+        // async-signal-safe).
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            unsafe {
+                // Not the claims other tests' threads hold meanwhile.
+                for fd in (3..4096).filter(|&fd| fd != keep) {
+                    libc::close(fd);
+                }
+                libc::usleep(ms * 1000);
+                libc::_exit(0);
+            }
+        }
+        drop(claim);
+        pid
+    }
+
+    fn reap(pid: i32) {
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    }
+
     #[test]
     fn waiting_is_told_once_and_bounded() {
         let img = image();
-        let _held = try_claim(img.path(), Kind::Exclusive).unwrap();
+        let child = held_by_child(try_claim(img.path(), Kind::Exclusive).unwrap(), 20_000);
         let mut told = Vec::new();
-        let err = claim(img.path(), Kind::Exclusive, Duration::from_millis(200), &mut |m| told.push(m.to_string()))
-            .unwrap_err();
+        let r = claim(img.path(), Kind::Exclusive, Duration::from_millis(300), &mut |m| told.push(m.to_string()));
+        reap(child);
+        let err = r.unwrap_err();
         assert_eq!(told.len(), 1, "{told:?}");
-        assert!(told[0].starts_with(&format!("waiting for {}: in use", img.path().display())), "{told:?}");
+        let waiting = format!("waiting for {}: in use by ", img.path().display());
+        assert!(told[0].starts_with(&waiting) && told[0].contains(&format!("(pid {child})")), "{told:?}");
         let msg = err.to_string();
         assert!(matches!(err, ClaimError::Busy { waited: Some(_), .. }), "{msg}");
         assert!(msg.contains("gave up after"), "{msg}");
+    }
+
+    #[test]
+    fn the_claim_is_granted_when_its_holder_exits() {
+        let img = image();
+        let child = held_by_child(try_claim(img.path(), Kind::Exclusive).unwrap(), 300);
+        let mut told = 0;
+        let r = claim(img.path(), Kind::Shared, PATIENCE, &mut |_| told += 1);
+        reap(child);
+        assert_eq!(r.unwrap().kind(), Kind::Shared);
+        assert_eq!(told, 1);
+    }
+
+    #[test]
+    fn a_holder_this_process_cannot_see_is_not_waited_for() {
+        let img = image();
+        // Held by this process: not a holder it reports (nor one that will
+        // go away while it waits).
+        let _held = try_claim(img.path(), Kind::Exclusive).unwrap();
+        let err = claim(img.path(), Kind::Exclusive, PATIENCE, &mut |m| panic!("waited: {m}")).unwrap_err();
+        assert!(matches!(err, ClaimError::Busy { waited: None, .. }), "{err}");
+        assert!(err.to_string().ends_with("is in use by another program"), "{err}");
     }
 
     #[test]

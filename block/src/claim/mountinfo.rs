@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 /// One mount of the volume.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mount {
+    /// "major:minor" (anonymous for FUSE mounts, but the one their
+    /// backing-device info in /sys/class/bdi is named after).
+    pub dev: String,
     pub point: String,
     pub fstype: String,
     pub source: String,
@@ -57,7 +60,7 @@ pub fn find_mounts(mountinfo: &str, devnums: &[String], sources: &[String]) -> V
             || (!source.starts_with('/')
                 && std::fs::canonicalize(&source).is_ok_and(|p| sources.iter().any(|s| Path::new(s) == p)));
         if by_dev || by_source {
-            found.push(Mount { point: unescape(point), fstype: fstype.to_string(), source });
+            found.push(Mount { dev: dev.to_string(), point: unescape(point), fstype: fstype.to_string(), source });
         }
     }
     found
@@ -127,7 +130,12 @@ pub fn mount_at(point: &Path) -> Option<Mount> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let point = point.display().to_string();
     mountinfo.lines().filter_map(parse_line).rfind(|(_, p, _, _)| unescape(p) == point).map(
-        |(_, p, fstype, source)| Mount { point: unescape(p), fstype: fstype.to_string(), source: unescape(source) },
+        |(dev, p, fstype, source)| Mount {
+            dev: dev.to_string(),
+            point: unescape(p),
+            fstype: fstype.to_string(),
+            source: unescape(source),
+        },
     )
 }
 
@@ -151,7 +159,13 @@ mod tests {
         assert_eq!(points(find_mounts(INFO, &["8:16".into()], &[])), ["/data"]);
         assert!(find_mounts(INFO, &["8:17".into()], &[]).is_empty());
         let m = find_mounts(INFO, &[], &["/srv/images/vol.img".into()]);
-        assert_eq!(m, [Mount { point: "/mnt/my vol".into(), fstype: "fuse.rgfs".into(), source: "/srv/images/vol.img".into() }]);
+        let vol = Mount {
+            dev: "0:45".into(),
+            point: "/mnt/my vol".into(),
+            fstype: "fuse.rgfs".into(),
+            source: "/srv/images/vol.img".into(),
+        };
+        assert_eq!(m, [vol]);
         assert!(find_mounts(INFO, &[], &["/srv/images/other.img".into()]).is_empty());
         // A FUSE mount's anonymous device number is not the image's.
         assert!(find_mounts(INFO, &["0:45".into()], &[]).is_empty());

@@ -16,7 +16,7 @@ use clap::Parser;
 use rgfs::cli::log::{self, Target};
 use rgfs::fuse::{FuseFs, FuseNotifier};
 use rgfs::glock::{Fs, NoLock};
-use rgfs::mount::{mount, MountOptions};
+use rgfs::mount::{mount, utab, MountOptions};
 use rgfs_block::{claim, Access, FileDevice};
 
 const NAME: &str = "mount.rgfs";
@@ -157,17 +157,28 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
     }
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
+    // Resolved before the mount: a stat of the mount point then would wait
+    // for a session not yet running.
+    let target = std::fs::canonicalize(&args.mountpoint).ok();
     let session = fuser::Session::new(FuseFs::with_writeback_cache(fs.clone(), args.opts.writeback_cache), &args.mountpoint, &config)
         .map_err(|e| format!("{}: FUSE mount failed: {e}", args.mountpoint.display()))?;
     *fs.kernel.lock() = Some(Arc::new(FuseNotifier(session.notifier())));
-    // The stat inside needs the session running: do it from a thread.
-    let mp = args.mountpoint.clone();
-    std::thread::spawn(move || raise_readahead(&mp));
+    // So that umount(8) runs umount.fuse.rgfs, which waits for the write-back.
+    // Before anything of ours waits on the mount: until the session runs,
+    // such a wait keeps the mount busy (an early umount would fail).
+    let utab = target.as_deref().and_then(|t| utab::add(&args.device, t));
+    if let Some(t) = &target {
+        raise_readahead(t);
+    }
     tracing::info!("{}: mounted on {} (journal {})", args.device.display(), args.mountpoint.display(), args.opts.jid.unwrap_or(0));
     ready(Ok(()));
     spawn_signal_thread(args.mountpoint.clone());
     spawn_flusher(Arc::downgrade(&fs));
-    session.run().map_err(|e| format!("FUSE session: {e}"))?;
+    let served = session.run();
+    if let Some(u) = utab {
+        u.remove();
+    }
+    served.map_err(|e| format!("FUSE session: {e}"))?;
     if fs.core.lock().is_withdrawn() {
         return Err(format!(
             "{}: the filesystem withdrew; its journal will be replayed at the next mount",
@@ -189,13 +200,13 @@ fn claim_device(device: &std::path::Path) -> Result<claim::Claim, String> {
 
 /// The kernel caps a FUSE mount's readahead at 128 KiB whatever
 /// max_readahead says; 1 MiB (one maximal request) more than doubles cold
-/// sequential reads. Best effort: needs root and sysfs.
+/// sequential reads. Best effort: needs root and sysfs. The device number
+/// comes from mountinfo, not from a stat of the mount point: a stat waits
+/// for the session and meanwhile keeps the mount busy (an umount racing it
+/// fails).
 fn raise_readahead(mountpoint: &std::path::Path) {
-    use std::os::unix::fs::MetadataExt;
-    if let Ok(md) = std::fs::metadata(mountpoint) {
-        let dev = md.dev();
-        let (major, minor) = (libc::major(dev), libc::minor(dev));
-        let _ = std::fs::write(format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb"), "1024");
+    if let Some(m) = claim::mount_at(mountpoint) {
+        let _ = std::fs::write(format!("/sys/class/bdi/{}/read_ahead_kb", m.dev), "1024");
     }
 }
 

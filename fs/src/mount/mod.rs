@@ -11,6 +11,8 @@
 //! 4. read-write: fold the node's statfs deltas into the master statfs, free
 //!    UNLINKED inodes (orphans of a crash), commit.
 
+pub mod utab;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
