@@ -22,7 +22,8 @@ fn text(b: &[u8]) -> String {
 /// The mountinfo line of the mount on `dir`.
 fn mountinfo_line(dir: &Path) -> Option<String> {
     let d = dir.to_string_lossy().into_owned();
-    fs::read_to_string("/proc/self/mountinfo").unwrap().lines().find(|l| l.split(' ').nth(4) == Some(&d)).map(String::from)
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mountinfo.lines().find(|l| l.split(' ').nth(4) == Some(&d)).map(String::from)
 }
 
 #[test]
@@ -38,7 +39,9 @@ fn help_and_version_exit_0_and_name_mount_rgfs() {
 
 #[test]
 fn usage_errors_are_one_line() {
-    for (args, word) in [(&[][..], "<DEVICE>"), (&["img"][..], "<MOUNTPOINT>"), (&["a", "b", "--bogus"][..], "--bogus")] {
+    let cases: [(&[&str], &str); 3] =
+        [(&[], "<DEVICE>"), (&["img"], "<MOUNTPOINT>"), (&["a", "b", "--bogus"], "--bogus")];
+    for (args, word) in cases {
         let out = mount_rgfs(args);
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}");

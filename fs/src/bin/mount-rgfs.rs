@@ -115,7 +115,8 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
         } else {
             format!("freed {} orphaned inodes", report.orphans_freed)
         };
-        tracing::warn!("{}: journal was dirty: replayed {} blocks; {orphans}", args.device.display(), report.replayed_blocks);
+        let (dev, blocks) = (args.device.display(), report.replayed_blocks);
+        tracing::warn!("{dev}: journal was dirty: replayed {blocks} blocks; {orphans}");
     }
     let fs = Fs::new(core, Arc::new(NoLock)).map_err(|e| e.to_string())?;
     let mut config = fuser::Config::default();
@@ -160,7 +161,8 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
     // The stat inside needs the session running: do it from a thread.
     let mp = args.mountpoint.clone();
     std::thread::spawn(move || raise_readahead(&mp));
-    tracing::info!("{}: mounted on {} (journal {})", args.device.display(), args.mountpoint.display(), args.opts.jid.unwrap_or(0));
+    let (dev, mp) = (args.device.display(), args.mountpoint.display());
+    tracing::info!("{dev}: mounted on {mp} (journal {})", args.opts.jid.unwrap_or(0));
     ready(Ok(()));
     spawn_signal_thread(args.mountpoint.clone());
     spawn_flusher(Arc::downgrade(&fs));
