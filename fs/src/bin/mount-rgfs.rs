@@ -2,9 +2,10 @@
 //! format) volume through FUSE. mount(8) runs it for `mount -t rgfs`.
 //!
 //! Without `-f` it validates and mounts, then returns once the mount is
-//! live, leaving a daemon serving it; `-f` stays in the foreground with
-//! logs on stderr. `umount MOUNTPOINT` (or SIGTERM/SIGINT to the daemon)
-//! writes everything back and leaves the journal clean.
+//! live, leaving a daemon serving it that logs to syslog; `-f` stays in
+//! the foreground with logs on stderr (`rgfs::cli::log`). `umount
+//! MOUNTPOINT` (or SIGTERM/SIGINT to the daemon) writes everything back
+//! and leaves the journal clean.
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
