@@ -59,7 +59,7 @@ struct Cli {
     /// The type mount(8) was given: rgfs or fuse.rgfs
     #[arg(short = 't', value_name = "TYPE")]
     fstype: Option<String>,
-    /// Mount in another mount namespace (not supported; refused)
+    /// Mount in this mount namespace: a PID, or a namespace file such as /proc/PID/ns/mnt
     #[arg(short = 'N', value_name = "NS")]
     namespace: Option<String>,
 }
@@ -80,14 +80,34 @@ fn parse_args(cli: &Cli) -> Result<Args, String> {
     if let Some(t) = cli.fstype.as_deref().filter(|t| !matches!(*t, "rgfs" | "fuse.rgfs")) {
         return Err(format!("filesystem type {t:?}: this helper mounts rgfs (or fuse.rgfs)"));
     }
+    let mut mountpoint = cli.mountpoint.clone();
+    let mut device = cli.device.clone();
     if let Some(ns) = &cli.namespace {
-        return Err(format!("-N {ns}: mounting in another namespace is not supported"));
+        // Entering a mount namespace moves the working directory to its
+        // root: relative paths are made absolute first.
+        let absolute = |p: &PathBuf| std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()));
+        (device, mountpoint) = (absolute(&device)?, absolute(&mountpoint)?);
+        enter_mount_namespace(ns)?;
     }
     let threads = std::env::var("RGFS_FUSE_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
     // The absolute path, symlinks resolved: mountinfo shows it as the
     // source, and fsck.rgfs finds the mount by it whatever the directory.
-    let device = std::fs::canonicalize(&cli.device).map_err(|e| format!("{}: {e}", cli.device.display()))?;
-    Ok(Args { device, mountpoint: cli.mountpoint.clone(), opts, foreground: cli.foreground, threads })
+    let device = std::fs::canonicalize(&device).map_err(|e| format!("{}: {e}", device.display()))?;
+    Ok(Args { device, mountpoint, opts, foreground: cli.foreground, threads })
+}
+
+/// `-N NS` (mount(8) passes it on): joins the mount namespace of process
+/// NS, or the one the file NS names. Must run while the process has one
+/// thread (setns refuses a mount namespace change otherwise).
+fn enter_mount_namespace(ns: &str) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let path = if !ns.is_empty() && ns.bytes().all(|b| b.is_ascii_digit()) { format!("/proc/{ns}/ns/mnt") } else { ns.into() };
+    let file = std::fs::File::open(&path).map_err(|e| format!("-N {ns}: {path}: {e}"))?;
+    // SAFETY: a valid open fd; setns has no memory effects.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+        return Err(format!("-N {ns}: cannot enter the mount namespace: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// Mounts and serves; calls `ready` once the mount is live (or failed).
