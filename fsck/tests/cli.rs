@@ -30,7 +30,8 @@ fn run_into_closed_pipe(args: &[&str], image: &Path) -> Output {
 fn help_and_version_name_fsck_rgfs() {
     let help = Command::new(BIN).arg("--help").output().unwrap();
     assert_eq!(help.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&help.stdout).contains("Usage: fsck.rgfs "), "{}", String::from_utf8_lossy(&help.stdout));
+    let h = String::from_utf8_lossy(&help.stdout);
+    assert!(h.contains("Usage: fsck.rgfs "), "{h}");
     let version = Command::new(BIN).arg("--version").output().unwrap();
     assert_eq!(version.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("fsck.rgfs "));

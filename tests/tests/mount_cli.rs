@@ -22,7 +22,8 @@ fn text(b: &[u8]) -> String {
 /// The mountinfo line of the mount on `dir`.
 fn mountinfo_line(dir: &Path) -> Option<String> {
     let d = dir.to_string_lossy().into_owned();
-    fs::read_to_string("/proc/self/mountinfo").unwrap().lines().find(|l| l.split(' ').nth(4) == Some(&d)).map(String::from)
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mountinfo.lines().find(|l| l.split(' ').nth(4) == Some(&d)).map(String::from)
 }
 
 #[test]
@@ -38,7 +39,9 @@ fn help_and_version_exit_0_and_name_mount_rgfs() {
 
 #[test]
 fn usage_errors_are_one_line() {
-    for (args, word) in [(&[][..], "<DEVICE>"), (&["img"][..], "<MOUNTPOINT>"), (&["a", "b", "--bogus"][..], "--bogus")] {
+    let cases: [(&[&str], &str); 3] =
+        [(&[], "<DEVICE>"), (&["img"], "<MOUNTPOINT>"), (&["a", "b", "--bogus"], "--bogus")];
+    for (args, word) in cases {
         let out = mount_rgfs(args);
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
@@ -68,7 +71,7 @@ fn refusals_say_what_is_wrong() {
         (&[img_s, missing.to_str().unwrap()], "mount point does not exist"),
         (&[img_s, mnt_s, "-o", "locktable=nocolon"], "cluster:fsname"),
         (&[img_s, mnt_s, "-t", "ext4"], "ext4"),
-        (&[img_s, mnt_s, "-N", "1"], "not supported"),
+        (&[img_s, mnt_s, "-N", "/nonexistent-ns"], "-N /nonexistent-ns"),
     ];
     for (args, want) in cases {
         let out = mount_rgfs(args);
@@ -224,4 +227,49 @@ fn a_detached_server_logs_to_syslog() {
     let mounted = got.iter().find(|m| m.contains("mounted on")).unwrap_or_else(|| panic!("{got:?}"));
     assert!(mounted.starts_with("<30>") && mounted.contains("mount.rgfs[") && mounted.contains(&img_s), "{mounted}");
     wait_for_clean(&img);
+}
+
+/// `-N PID` (mount -N passes it on): the mount is made in that process's
+/// mount namespace, not in the caller's.
+#[test]
+fn dash_n_mounts_in_the_namespace_it_names() {
+    if !fuse_available() || !rgfs_tests::have("unshare") || !rgfs_tests::have("nsenter") {
+        return;
+    }
+    let tmp = scratch();
+    let img = tmp.path().join("img");
+    make_image(&img, 64, Mkfs::Rgfs);
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    // A process alone in a private mount namespace, ended by dropping it.
+    struct Holder(std::process::Child);
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let holder = Holder(
+        Command::new("unshare").args(["-m", "--propagation", "private", "sleep", "600"]).spawn().unwrap(),
+    );
+    let pid = holder.0.id().to_string();
+    // unshare execs sleep once the namespace is made.
+    let start = Instant::now();
+    while fs::read_link(format!("/proc/{pid}/ns/mnt")).ok() == fs::read_link("/proc/self/ns/mnt").ok() {
+        assert!(start.elapsed() < Duration::from_secs(30), "unshare did not make a namespace");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = Command::new(mount_bin()).arg(&img).arg(&mnt).args(["-N", &pid]).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let theirs = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let d = mnt.to_string_lossy().into_owned();
+    let in_theirs = theirs.lines().any(|l| l.split(' ').nth(4) == Some(&d));
+    let in_ours = mountinfo_line(&mnt).is_some();
+    let nsenter = |args: &[&str]| Command::new("nsenter").args(["-t", &pid, "-m"]).args(args).status().unwrap();
+    let wrote = nsenter(&["touch", &format!("{d}/f")]).success();
+    let unmounted = nsenter(&["umount", &d]).success();
+    assert!(in_theirs && !in_ours, "mounted in the namespace -N named, not in ours");
+    assert!(wrote && unmounted);
+    wait_for_clean(&img);
+    drop(holder);
 }

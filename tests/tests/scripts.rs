@@ -107,7 +107,8 @@ fn install_takes_the_binaries_from_cargo_target_dir_strips_them_and_uninstalls()
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let left: Vec<String> = fs::read_dir(&sbin).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let left: Vec<String> =
+        fs::read_dir(&sbin).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert_eq!(left, ["someone-elses"], "uninstall removes exactly what install put there");
 }
 
@@ -187,7 +188,13 @@ fn fstab_types_mount_find_and_unmount_as_documented() {
     let fstab = tmp.path().join("fstab");
     fs::write(
         &fstab,
-        format!("{} {} rgfs noatime 0 2\n{} {} fuse.rgfs defaults 0 2\n", a.display(), m1.display(), b.display(), m2.display()),
+        format!(
+            "{} {} rgfs noatime 0 2\n{} {} fuse.rgfs defaults 0 2\n",
+            a.display(),
+            m1.display(),
+            b.display(),
+            m2.display()
+        ),
     )
     .unwrap();
     // /sbin is /usr/sbin on merged-/usr systems: cover whichever is real.

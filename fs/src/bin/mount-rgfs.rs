@@ -2,9 +2,10 @@
 //! format) volume through FUSE. mount(8) runs it for `mount -t rgfs`.
 //!
 //! Without `-f` it validates and mounts, then returns once the mount is
-//! live, leaving a daemon serving it; `-f` stays in the foreground with
-//! logs on stderr. `umount MOUNTPOINT` (or SIGTERM/SIGINT to the daemon)
-//! writes everything back and leaves the journal clean.
+//! live, leaving a daemon serving it that logs to syslog; `-f` stays in
+//! the foreground with logs on stderr (`rgfs::cli::log`). `umount
+//! MOUNTPOINT` (or SIGTERM/SIGINT to the daemon) writes everything back
+//! and leaves the journal clean.
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -58,7 +59,7 @@ struct Cli {
     /// The type mount(8) was given: rgfs or fuse.rgfs
     #[arg(short = 't', value_name = "TYPE")]
     fstype: Option<String>,
-    /// Mount in another mount namespace (not supported; refused)
+    /// Mount in this mount namespace: a PID, or a namespace file such as /proc/PID/ns/mnt
     #[arg(short = 'N', value_name = "NS")]
     namespace: Option<String>,
 }
@@ -79,14 +80,34 @@ fn parse_args(cli: &Cli) -> Result<Args, String> {
     if let Some(t) = cli.fstype.as_deref().filter(|t| !matches!(*t, "rgfs" | "fuse.rgfs")) {
         return Err(format!("filesystem type {t:?}: this helper mounts rgfs (or fuse.rgfs)"));
     }
+    let mut mountpoint = cli.mountpoint.clone();
+    let mut device = cli.device.clone();
     if let Some(ns) = &cli.namespace {
-        return Err(format!("-N {ns}: mounting in another namespace is not supported"));
+        // Entering a mount namespace moves the working directory to its
+        // root: relative paths are made absolute first.
+        let absolute = |p: &PathBuf| std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()));
+        (device, mountpoint) = (absolute(&device)?, absolute(&mountpoint)?);
+        enter_mount_namespace(ns)?;
     }
     let threads = std::env::var("RGFS_FUSE_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
     // The absolute path, symlinks resolved: mountinfo shows it as the
     // source, and fsck.rgfs finds the mount by it whatever the directory.
-    let device = std::fs::canonicalize(&cli.device).map_err(|e| format!("{}: {e}", cli.device.display()))?;
-    Ok(Args { device, mountpoint: cli.mountpoint.clone(), opts, foreground: cli.foreground, threads })
+    let device = std::fs::canonicalize(&device).map_err(|e| format!("{}: {e}", device.display()))?;
+    Ok(Args { device, mountpoint, opts, foreground: cli.foreground, threads })
+}
+
+/// `-N NS` (mount(8) passes it on): joins the mount namespace of process
+/// NS, or the one the file NS names. Must run while the process has one
+/// thread (setns refuses a mount namespace change otherwise).
+fn enter_mount_namespace(ns: &str) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let path = if !ns.is_empty() && ns.bytes().all(|b| b.is_ascii_digit()) { format!("/proc/{ns}/ns/mnt") } else { ns.into() };
+    let file = std::fs::File::open(&path).map_err(|e| format!("-N {ns}: {path}: {e}"))?;
+    // SAFETY: a valid open fd; setns has no memory effects.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+        return Err(format!("-N {ns}: cannot enter the mount namespace: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// Mounts and serves; calls `ready` once the mount is live (or failed).
@@ -118,7 +139,8 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
         } else {
             format!("freed {} orphaned inodes", report.orphans_freed)
         };
-        tracing::warn!("{}: journal was dirty: replayed {} blocks; {orphans}", args.device.display(), report.replayed_blocks);
+        let (dev, blocks) = (args.device.display(), report.replayed_blocks);
+        tracing::warn!("{dev}: journal was dirty: replayed {blocks} blocks; {orphans}");
     }
     let fs = Fs::new(core, Arc::new(NoLock)).map_err(|e| e.to_string())?;
     let mut config = fuser::Config::default();
@@ -170,7 +192,8 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
     if let Some(t) = &target {
         raise_readahead(t);
     }
-    tracing::info!("{}: mounted on {} (journal {})", args.device.display(), args.mountpoint.display(), args.opts.jid.unwrap_or(0));
+    let (dev, mp) = (args.device.display(), args.mountpoint.display());
+    tracing::info!("{dev}: mounted on {mp} (journal {})", args.opts.jid.unwrap_or(0));
     ready(Ok(()));
     spawn_signal_thread(args.mountpoint.clone());
     spawn_flusher(Arc::downgrade(&fs));

@@ -20,7 +20,8 @@ pub fn write(args: Arguments, newline: bool) {
         return;
     }
     let mut out = std::io::stdout().lock();
-    let r = out.write_fmt(args).and_then(|()| if newline { out.write_all(b"\n") } else { Ok(()) }).and_then(|()| out.flush());
+    let end: &[u8] = if newline { b"\n" } else { b"" };
+    let r = out.write_fmt(args).and_then(|()| out.write_all(end)).and_then(|()| out.flush());
     if r.is_err() {
         CLOSED.store(true, Ordering::Relaxed);
     }
