@@ -342,3 +342,47 @@ fn holders_and_racing_callbacks_under_an_async_lock_module() {
     assert!(v.is_empty(), "{} violations, first: {:?}", v.len(), v.first());
     assert!(demoter.syncs.load(std::sync::atomic::Ordering::Relaxed) > 0, "no demote ran");
 }
+
+/// A request waiting on the lock manager for one glock does not hold up
+/// another glock (the old table held one mutex across the module's wait),
+/// and a refusal from the lock manager is a lock error, not corruption.
+#[test]
+fn requests_are_independent_and_refusals_are_lock_errors() {
+    use rgfs::glock::{GlockConfig, GlockTable, HolderFlags};
+    let module = Arc::new(AsyncLock { events: Mutex::new(None), pending: Mutex::new(Vec::new()), stop: false.into() });
+    let config = GlockConfig { min_hold: Duration::ZERO, wait_timeout: Duration::from_secs(30) };
+    let table = Arc::new(GlockTable::new(module.clone(), config));
+    let (a, b) = (LockName::inode(1), LockName::inode(2));
+    let waiter = {
+        let t = table.clone();
+        std::thread::spawn(move || t.acquire(a, GlockState::Exclusive, HolderFlags::default()).map(|h| h.mode()))
+    };
+    while module.pending.lock().unwrap().is_empty() {
+        std::thread::yield_now();
+    }
+    // A's request is outstanding; B is requested and granted meanwhile.
+    let events = module.events.lock().unwrap().clone().unwrap();
+    let b_holder = {
+        let t = table.clone();
+        let h = std::thread::spawn(move || t.acquire(b, GlockState::Shared, HolderFlags::default()).map(|h| h.mode()));
+        loop {
+            let req = module.pending.lock().unwrap().iter().position(|r| r.name == b);
+            if let Some(i) = req {
+                let r = module.pending.lock().unwrap().remove(i);
+                events.completed(r.name, Ok(Granted { state: r.to, lvb: None }));
+                break;
+            }
+            std::thread::yield_now();
+        }
+        h.join().unwrap()
+    };
+    assert_eq!(b_holder.unwrap(), GlockState::Shared);
+    assert!(!waiter.is_finished(), "A was granted without its reply");
+    // The lock manager refuses A: the holder fails with Error::Lock.
+    let r = module.pending.lock().unwrap().remove(0);
+    events.completed(r.name, Err(LockError::Failed(r.name, "no quorum".into())));
+    match waiter.join().unwrap() {
+        Err(rgfs::Error::Lock(why)) => assert!(why.contains("no quorum"), "{why}"),
+        other => panic!("expected a lock error, got {other:?}"),
+    }
+}
