@@ -165,7 +165,7 @@ impl World {
                 self.next_id += 1;
                 let flags = HolderFlags { try_lock, any, node_scope, noexp: false };
                 self.holders.insert(id, ModelHolder { thread, mode, flags, status: Status::Waiting });
-                let out = self.m.request(id, mode, flags, self.now);
+                let out = self.m.request(id, mode, flags);
                 self.apply(out);
                 // Try-locks never wait for other holders or a demote: resolved
                 // now, or only the no-queue request is outstanding.
@@ -183,11 +183,11 @@ impl World {
                 match h.status {
                     Status::Granted(held) => {
                         self.holders.remove(&id);
-                        let out = self.m.release(held, h.flags.node_scope, self.now);
+                        let out = self.m.release(held, h.flags.node_scope);
                         self.apply(out);
                     }
                     Status::Waiting => {
-                        let (queued, out) = self.m.cancel(id, self.now);
+                        let (queued, out) = self.m.cancel(id);
                         assert!(queued, "a waiting holder is not queued");
                         self.holders.remove(&id);
                         if self.try_in_flight == Some(id) {
@@ -236,7 +236,7 @@ impl World {
             }
             Op::DemoteDone => {
                 if self.demote_work.take().is_some() {
-                    let out = self.m.demote_done(Ok(()), self.now);
+                    let out = self.m.demote_done(Ok(()));
                     self.apply(out);
                 }
             }

@@ -244,7 +244,7 @@ impl Machine {
 
     /// A holder asks for the glock in `mode`. The mode it was granted in is
     /// what [`Machine::release`] must be given back (see [`Machine::held_mode_of`]).
-    pub fn request(&mut self, id: HolderId, mode: GlockState, flags: HolderFlags, now: Duration) -> Vec<Action> {
+    pub fn request(&mut self, id: HolderId, mode: GlockState, flags: HolderFlags) -> Vec<Action> {
         let mut out = Vec::new();
         let w = Waiter { id, mode, flags };
         if let Some(f) = &self.failed {
@@ -268,7 +268,7 @@ impl Machine {
             }
         }
         self.waiters.push_back(w);
-        self.run(now, &mut out);
+        self.run(&mut out);
         out
     }
 
@@ -293,22 +293,22 @@ impl Machine {
     }
 
     /// A granted holder, counted in `held` (the mode `Grant` gave it), drops.
-    pub fn release(&mut self, held: GlockState, node_scope: bool, now: Duration) -> Vec<Action> {
+    pub fn release(&mut self, held: GlockState, node_scope: bool) -> Vec<Action> {
         let s = &mut self.granted.0[slot(held, node_scope)];
         debug_assert!(*s > 0, "release of a holder that is not granted");
         *s = s.saturating_sub(1);
         let mut out = Vec::new();
-        self.run(now, &mut out);
+        self.run(&mut out);
         out
     }
 
     /// A queued holder gives up waiting (timeout). Returns false if it was
     /// not queued (already granted or refused: the caller must release it).
-    pub fn cancel(&mut self, id: HolderId, now: Duration) -> (bool, Vec<Action>) {
+    pub fn cancel(&mut self, id: HolderId) -> (bool, Vec<Action>) {
         let mut out = Vec::new();
         let Some(i) = self.waiters.iter().position(|w| w.id == id) else { return (false, out) };
         self.waiters.remove(i);
-        self.run(now, &mut out);
+        self.run(&mut out);
         (true, out)
     }
 
@@ -337,7 +337,7 @@ impl Machine {
         if !ready {
             out.push(Action::Timer(due));
         }
-        self.run(now, &mut out);
+        self.run(&mut out);
         out
     }
 
@@ -353,7 +353,7 @@ impl Machine {
                 }
             }
         }
-        self.run(now, &mut out);
+        self.run(&mut out);
         out
     }
 
@@ -405,12 +405,12 @@ impl Machine {
             // A reply with nothing in flight: a misbehaving module; ignored.
             (Busy::Idle | Busy::Syncing { .. }, _) => return out,
         }
-        self.run(now, &mut out);
+        self.run(&mut out);
         out
     }
 
     /// The demote work started by [`Action::DemoteWork`] ended.
-    pub fn demote_done(&mut self, result: Result<(), String>, now: Duration) -> Vec<Action> {
+    pub fn demote_done(&mut self, result: Result<(), String>) -> Vec<Action> {
         let mut out = Vec::new();
         let Busy::Syncing { to } = self.busy else { return out };
         match result {
@@ -422,7 +422,6 @@ impl Machine {
             // stays held (other nodes wait for this node's journal recovery).
             Err(e) => self.fail(&format!("demote failed: {e}"), &mut out),
         }
-        let _ = now;
         out
     }
 
@@ -444,7 +443,7 @@ impl Machine {
 
     /// The kernel's run_queue: a due demote first (once holders are gone),
     /// then promotions in queue order, then a request for the first waiter.
-    fn run(&mut self, _now: Duration, out: &mut Vec<Action>) {
+    fn run(&mut self, out: &mut Vec<Action>) {
         if self.busy != Busy::Idle || self.failed.is_some() {
             return;
         }
@@ -497,9 +496,9 @@ mod tests {
     fn cached(state: GlockState) -> Machine {
         let mut m = Machine::new(HOLD);
         if state != UN {
-            m.request(0, state, PLAIN, T0);
+            m.request(0, state, PLAIN);
             m.reply(Reply::Granted(state), T0);
-            m.release(state, false, T0);
+            m.release(state, false);
         }
         m
     }
@@ -507,7 +506,7 @@ mod tests {
     #[test]
     fn first_request_asks_the_lock_manager_and_the_reply_grants() {
         let mut m = Machine::new(HOLD);
-        assert_eq!(m.request(1, EX, PLAIN, T0), vec![Action::Request { to: EX, flags: PLAIN }]);
+        assert_eq!(m.request(1, EX, PLAIN), vec![Action::Request { to: EX, flags: PLAIN }]);
         assert_eq!(m.busy(), Busy::Promoting { to: EX, try_lock: false });
         assert_eq!(m.reply(Reply::Granted(EX), ms(1)), vec![Action::Grant(1)]);
         assert_eq!((m.state(), m.holders()), (EX, 1));
@@ -516,39 +515,39 @@ mod tests {
     #[test]
     fn a_cached_glock_grants_at_once_and_node_scope_holders_share_ex() {
         let mut m = cached(EX);
-        assert_eq!(m.request(1, EX, NS, T0), vec![Action::Grant(1)]);
-        assert_eq!(m.request(2, EX, NS, T0), vec![Action::Grant(2)]);
-        assert_eq!(m.request(3, SH, NS, T0), vec![Action::Grant(3)]);
+        assert_eq!(m.request(1, EX, NS), vec![Action::Grant(1)]);
+        assert_eq!(m.request(2, EX, NS), vec![Action::Grant(2)]);
+        assert_eq!(m.request(3, SH, NS), vec![Action::Grant(3)]);
         assert_eq!(m.holders(), 3);
     }
 
     #[test]
     fn plain_ex_holders_exclude_each_other_and_sh_holders_share() {
         let mut m = cached(EX);
-        assert_eq!(m.request(1, EX, PLAIN, T0), vec![Action::Grant(1)]);
-        assert_eq!(m.request(2, EX, PLAIN, T0), vec![]);
-        assert_eq!(m.release(EX, false, T0), vec![Action::Grant(2)]);
-        m.release(EX, false, T0);
-        assert_eq!(m.request(3, SH, PLAIN, T0), vec![Action::Grant(3)]);
-        assert_eq!(m.request(4, SH, PLAIN, T0), vec![Action::Grant(4)]);
+        assert_eq!(m.request(1, EX, PLAIN), vec![Action::Grant(1)]);
+        assert_eq!(m.request(2, EX, PLAIN), vec![]);
+        assert_eq!(m.release(EX, false), vec![Action::Grant(2)]);
+        m.release(EX, false);
+        assert_eq!(m.request(3, SH, PLAIN), vec![Action::Grant(3)]);
+        assert_eq!(m.request(4, SH, PLAIN), vec![Action::Grant(4)]);
     }
 
     #[test]
     fn an_upgrade_waits_for_holders_then_converts() {
         let mut m = cached(SH);
-        assert_eq!(m.request(1, SH, PLAIN, T0), vec![Action::Grant(1)]);
-        assert_eq!(m.request(2, EX, PLAIN, T0), vec![]);
-        assert_eq!(m.release(SH, false, T0), vec![Action::Request { to: EX, flags: PLAIN }]);
+        assert_eq!(m.request(1, SH, PLAIN), vec![Action::Grant(1)]);
+        assert_eq!(m.request(2, EX, PLAIN), vec![]);
+        assert_eq!(m.release(SH, false), vec![Action::Request { to: EX, flags: PLAIN }]);
         assert_eq!(m.reply(Reply::Granted(EX), T0), vec![Action::Grant(2)]);
     }
 
     #[test]
     fn queue_order_is_kept() {
         let mut m = cached(SH);
-        m.request(1, SH, PLAIN, T0);
-        m.request(2, EX, PLAIN, T0);
+        m.request(1, SH, PLAIN);
+        m.request(2, EX, PLAIN);
         // Compatible with holder 1 but queued behind 2.
-        assert_eq!(m.request(3, SH, PLAIN, T0), vec![]);
+        assert_eq!(m.request(3, SH, PLAIN), vec![]);
         assert_eq!(m.waiting(), 2);
     }
 
@@ -557,7 +556,7 @@ mod tests {
         let mut m = cached(EX);
         assert_eq!(m.callback(UN, ms(1)), vec![Action::DemoteWork { from: EX, to: UN }]);
         assert_eq!(m.busy(), Busy::Syncing { to: UN });
-        assert_eq!(m.demote_done(Ok(()), ms(2)), vec![Action::Request { to: UN, flags: HolderFlags::default() }]);
+        assert_eq!(m.demote_done(Ok(())), vec![Action::Request { to: UN, flags: HolderFlags::default() }]);
         assert_eq!(m.reply(Reply::Granted(UN), ms(3)), vec![Action::Demoted { to: UN }]);
         assert!(m.is_settled());
         assert_eq!(m.state(), UN);
@@ -566,13 +565,13 @@ mod tests {
     #[test]
     fn a_demote_waits_for_granted_holders_and_blocks_new_ones() {
         let mut m = Machine::new(Duration::ZERO);
-        m.request(1, EX, NS, T0);
+        m.request(1, EX, NS);
         m.reply(Reply::Granted(EX), T0);
         assert_eq!(m.callback(UN, T0), vec![]);
         // Due: a new holder waits behind the demote.
-        assert_eq!(m.request(2, EX, NS, T0), vec![]);
-        assert_eq!(m.release(EX, true, T0), vec![Action::DemoteWork { from: EX, to: UN }]);
-        m.demote_done(Ok(()), T0);
+        assert_eq!(m.request(2, EX, NS), vec![]);
+        assert_eq!(m.release(EX, true), vec![Action::DemoteWork { from: EX, to: UN }]);
+        m.demote_done(Ok(()));
         // After the demote the waiter asks again.
         assert_eq!(m.reply(Reply::Granted(UN), T0), vec![Action::Demoted { to: UN }, Action::Request { to: EX, flags: NS }]);
         assert_eq!(m.reply(Reply::Granted(EX), T0), vec![Action::Grant(2)]);
@@ -581,13 +580,13 @@ mod tests {
     #[test]
     fn the_minimum_hold_time_delays_a_callback_while_holders_are_queued_or_granted() {
         let mut m = Machine::new(HOLD);
-        m.request(1, EX, NS, T0);
+        m.request(1, EX, NS);
         m.reply(Reply::Granted(EX), ms(10));
         assert_eq!(m.callback(SH, ms(20)), vec![Action::Timer(ms(210))]);
         // Not due: compatible holders are still granted.
-        assert_eq!(m.request(2, EX, NS, ms(30)), vec![Action::Grant(2)]);
-        m.release(EX, true, ms(40));
-        assert_eq!(m.release(EX, true, ms(50)), vec![]);
+        assert_eq!(m.request(2, EX, NS), vec![Action::Grant(2)]);
+        m.release(EX, true);
+        assert_eq!(m.release(EX, true), vec![]);
         assert_eq!(m.timer(ms(100)), vec![Action::Timer(ms(210))]);
         assert_eq!(m.timer(ms(210)), vec![Action::DemoteWork { from: EX, to: SH }]);
     }
@@ -601,18 +600,18 @@ mod tests {
     #[test]
     fn a_callback_during_a_request_waits_a_full_hold_time() {
         let mut m = Machine::new(HOLD);
-        m.request(1, EX, NS, T0);
+        m.request(1, EX, NS);
         assert_eq!(m.callback(UN, ms(5)), vec![Action::Timer(ms(205))]);
         // The holder gets the glock once, then the demote waits for it.
         assert_eq!(m.reply(Reply::Granted(EX), ms(6)), vec![Action::Grant(1)]);
         assert_eq!(m.timer(ms(205)), vec![]);
-        assert_eq!(m.release(EX, true, ms(206)), vec![Action::DemoteWork { from: EX, to: UN }]);
+        assert_eq!(m.release(EX, true), vec![Action::DemoteWork { from: EX, to: UN }]);
     }
 
     #[test]
     fn two_different_demands_demote_to_unlocked() {
         let mut m = Machine::new(HOLD);
-        m.request(1, EX, NS, T0);
+        m.request(1, EX, NS);
         m.reply(Reply::Granted(EX), T0);
         m.callback(SH, T0);
         m.callback(GlockState::Deferred, T0);
@@ -629,39 +628,39 @@ mod tests {
     #[test]
     fn try_locks_never_wait() {
         let mut m = cached(SH);
-        m.request(1, SH, PLAIN, T0);
+        m.request(1, SH, PLAIN);
         // Blocked by a holder: refused at once.
-        assert_eq!(m.request(2, EX, TRY, T0), vec![Action::Refuse(2, Refusal::TryFailed)]);
-        m.release(SH, false, T0);
+        assert_eq!(m.request(2, EX, TRY), vec![Action::Refuse(2, Refusal::TryFailed)]);
+        m.release(SH, false);
         // Only the lock manager in the way: a no-queue request.
-        assert_eq!(m.request(3, EX, TRY, T0), vec![Action::Request { to: EX, flags: TRY }]);
-        assert_eq!(m.request(4, EX, TRY, T0), vec![Action::Refuse(4, Refusal::TryFailed)]);
+        assert_eq!(m.request(3, EX, TRY), vec![Action::Request { to: EX, flags: TRY }]);
+        assert_eq!(m.request(4, EX, TRY), vec![Action::Refuse(4, Refusal::TryFailed)]);
         assert_eq!(m.reply(Reply::TryFailed, T0), vec![Action::Refuse(3, Refusal::TryFailed)]);
         assert_eq!(m.state(), SH);
         // A due demote blocks: refused.
         let mut m = Machine::new(Duration::ZERO);
-        m.request(1, EX, NS, T0);
+        m.request(1, EX, NS);
         m.reply(Reply::Granted(EX), T0);
         m.callback(UN, T0);
-        assert_eq!(m.request(2, EX, HolderFlags { try_lock: true, ..NS }, T0), vec![Action::Refuse(2, Refusal::TryFailed)]);
+        assert_eq!(m.request(2, EX, HolderFlags { try_lock: true, ..NS }), vec![Action::Refuse(2, Refusal::TryFailed)]);
     }
 
     #[test]
     fn any_accepts_the_other_shared_mode() {
         let any = HolderFlags { any: true, ..PLAIN };
         let mut m = Machine::new(HOLD);
-        m.request(1, SH, any, T0);
+        m.request(1, SH, any);
         assert_eq!(m.reply(Reply::Granted(GlockState::Deferred), T0), vec![Action::Grant(1)]);
         assert_eq!(m.held_mode_of(SH, any), GlockState::Deferred);
-        m.release(GlockState::Deferred, false, T0);
+        m.release(GlockState::Deferred, false);
         assert_eq!(m.holders(), 0);
     }
 
     #[test]
     fn lock_manager_errors_refuse_the_waiters() {
         let mut m = Machine::new(HOLD);
-        m.request(1, EX, PLAIN, T0);
-        m.request(2, EX, PLAIN, T0);
+        m.request(1, EX, PLAIN);
+        m.request(2, EX, PLAIN);
         let out = m.reply(Reply::Failed("gone".into()), T0);
         assert_eq!(out, vec![Action::Refuse(1, Refusal::Error("gone".into())), Action::Refuse(2, Refusal::Error("gone".into()))]);
         assert_eq!(m.state(), UN);
@@ -671,21 +670,21 @@ mod tests {
     fn a_failed_demote_keeps_the_glock_and_refuses_everyone() {
         let mut m = cached(EX);
         m.callback(UN, T0);
-        assert!(matches!(m.demote_done(Err("withdrawn".into()), T0)[..], []));
+        assert!(matches!(m.demote_done(Err("withdrawn".into()))[..], []));
         assert_eq!(m.state(), EX);
-        assert!(matches!(m.request(1, EX, NS, T0)[..], [Action::Refuse(1, Refusal::Error(_))]));
+        assert!(matches!(m.request(1, EX, NS)[..], [Action::Refuse(1, Refusal::Error(_))]));
         assert_eq!(m.callback(UN, T0), vec![]);
     }
 
     #[test]
     fn a_cancelled_waiter_lets_the_next_one_through() {
         let mut m = cached(EX);
-        m.request(1, EX, PLAIN, T0);
-        m.request(2, EX, PLAIN, T0);
-        m.request(3, SH, PLAIN, T0);
-        assert_eq!(m.cancel(2, T0), (true, vec![]));
-        assert_eq!(m.release(EX, false, T0), vec![Action::Grant(3)]);
-        assert!(!m.cancel(3, T0).0);
+        m.request(1, EX, PLAIN);
+        m.request(2, EX, PLAIN);
+        m.request(3, SH, PLAIN);
+        assert_eq!(m.cancel(2), (true, vec![]));
+        assert_eq!(m.release(EX, false), vec![Action::Grant(3)]);
+        assert!(!m.cancel(3).0);
     }
 
     #[test]

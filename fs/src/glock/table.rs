@@ -248,8 +248,7 @@ impl Inner {
             return Ok(Ok(Holder::new(self.clone(), e, held, flags.node_scope)));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let now = self.now();
-        let actions = st.m.request(id, mode, flags, now);
+        let actions = st.m.request(id, mode, flags);
         self.apply(&e, st, actions);
         let deadline = Instant::now() + self.config.wait_timeout;
         let mut st = e.st.lock();
@@ -265,7 +264,7 @@ impl Inner {
                 });
             }
             if e.cv.wait_until(&mut st, deadline).timed_out() && !st.outcomes.contains_key(&id) {
-                let (_, actions) = st.m.cancel(id, self.now());
+                let (_, actions) = st.m.cancel(id);
                 self.apply(&e, st, actions);
                 return Err(Error::Lock(format!(
                     "glock {name}: not granted within {:?} (state {:?})",
@@ -279,7 +278,7 @@ impl Inner {
     /// A granted holder drops (called by [`Holder`]'s drop).
     pub(crate) fn release(&self, e: &Arc<Entry>, held: GlockState, node_scope: bool) {
         let mut st = e.st.lock();
-        let actions = st.m.release(held, node_scope, self.now());
+        let actions = st.m.release(held, node_scope);
         if !actions.is_empty() {
             self.apply(e, st, actions);
         }
@@ -363,7 +362,7 @@ impl Inner {
                 if let Err(e) = &r {
                     eprintln!("rgfs: demote of glock {name} failed, keeping it: {e}");
                 }
-                self.event(name, |st, now| st.m.demote_done(r, now));
+                self.event(name, |st, _| st.m.demote_done(r));
             }
             Job::Demoted { name, to } => {
                 if let Some(d) = self.demoter.lock().clone() {
