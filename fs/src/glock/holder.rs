@@ -3,13 +3,12 @@
 
 use std::sync::Arc;
 
-use super::table::{Entry, Inner};
+use super::table::Entry;
 use super::GlockState;
 
 /// One granted holder (the kernel's `gfs2_holder` once granted).
 #[must_use = "a holder releases its glock when dropped"]
 pub struct Holder {
-    table: Arc<Inner>,
     entry: Arc<Entry>,
     /// The mode it is counted in.
     held: GlockState,
@@ -17,8 +16,8 @@ pub struct Holder {
 }
 
 impl Holder {
-    pub(crate) fn new(table: Arc<Inner>, entry: Arc<Entry>, held: GlockState, node_scope: bool) -> Self {
-        Holder { table, entry, held, node_scope }
+    pub(crate) fn new(entry: Arc<Entry>, held: GlockState, node_scope: bool) -> Self {
+        Holder { entry, held, node_scope }
     }
 
     /// The mode this holder has the glock in.
@@ -29,7 +28,7 @@ impl Holder {
 
 impl Drop for Holder {
     fn drop(&mut self) {
-        self.table.release(&self.entry, self.held, self.node_scope);
+        self.entry.release(self.held, self.node_scope);
     }
 }
 

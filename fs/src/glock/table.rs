@@ -61,6 +61,8 @@ pub trait Demoter: Send + Sync {
 
 pub(crate) struct Entry {
     name: LockName,
+    /// The table, for a release that has actions to carry out.
+    table: Weak<Inner>,
     st: Mutex<EntryState>,
     cv: Condvar,
 }
@@ -203,6 +205,20 @@ impl GlockTable {
     }
 }
 
+impl Entry {
+    /// A granted holder drops (called by [`Holder`]'s drop). The common
+    /// case touches only this glock's mutex and counter.
+    pub(crate) fn release(self: &Arc<Self>, held: GlockState, node_scope: bool) {
+        let mut st = self.st.lock();
+        let actions = st.m.release(held, node_scope);
+        if !actions.is_empty() {
+            if let Some(table) = self.table.upgrade() {
+                table.apply(self, st, actions);
+            }
+        }
+    }
+}
+
 impl Inner {
     fn now(&self) -> Duration {
         self.epoch.elapsed()
@@ -212,7 +228,7 @@ impl Inner {
         self.map.lock().get(&name).cloned()
     }
 
-    fn entry(&self, name: LockName) -> Arc<Entry> {
+    fn entry(self: &Arc<Self>, name: LockName) -> Arc<Entry> {
         let mut map = self.map.lock();
         map.entry(name)
             .or_insert_with(|| {
@@ -220,6 +236,7 @@ impl Inner {
                 let hold = if name.ty == LockType::Inode { self.config.min_hold } else { Duration::ZERO };
                 Arc::new(Entry {
                     name,
+                    table: Arc::downgrade(self),
                     st: Mutex::new(EntryState {
                         m: Machine::new(hold),
                         outcomes: HashMap::new(),
@@ -245,7 +262,7 @@ impl Inner {
         if st.m.grant_now(mode, flags) {
             let held = st.m.held_mode_of(mode, flags);
             drop(st);
-            return Ok(Ok(Holder::new(self.clone(), e, held, flags.node_scope)));
+            return Ok(Ok(Holder::new(e, held, flags.node_scope)));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let actions = st.m.request(id, mode, flags);
@@ -258,7 +275,7 @@ impl Inner {
                     Ok(()) => {
                         let held = st.m.held_mode_of(mode, flags);
                         drop(st);
-                        Ok(Holder::new(self.clone(), e, held, flags.node_scope))
+                        Ok(Holder::new(e, held, flags.node_scope))
                     }
                     Err(refusal) => Err(refusal),
                 });
@@ -275,14 +292,6 @@ impl Inner {
         }
     }
 
-    /// A granted holder drops (called by [`Holder`]'s drop).
-    pub(crate) fn release(&self, e: &Arc<Entry>, held: GlockState, node_scope: bool) {
-        let mut st = e.st.lock();
-        let actions = st.m.release(held, node_scope);
-        if !actions.is_empty() {
-            self.apply(e, st, actions);
-        }
-    }
 
     /// Runs one event on `name`'s machine and its actions.
     fn event(&self, name: LockName, f: impl FnOnce(&mut EntryState, Duration) -> Vec<Action>) {
