@@ -23,6 +23,11 @@ pub enum Error {
     /// with the filesystem.
     #[error("{}", std::io::Error::from_raw_os_error(*.0))]
     Errno(i32),
+    /// The lock layer failed: the lock manager refused or is unreachable,
+    /// a glock wait timed out, or a lock-order rule would have been broken.
+    /// Nothing on disk is wrong.
+    #[error("lock: {0}")]
+    Lock(String),
     /// The node withdrew earlier (inconsistency or I/O error) and refuses
     /// to write; the reason was logged when it happened.
     #[error("filesystem withdrawn: {0}")]

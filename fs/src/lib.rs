@@ -12,7 +12,8 @@
 //! - [`inode`], [`dir`], [`xattr`]: dinodes and block maps, directories,
 //!   extended attributes;
 //! - [`ops`]: POSIX semantics, independent of FUSE;
-//! - [`glock`]: the lock layer (LockModule, glock states, demote);
+//! - [`glock`]: the lock layer (LockModule, the per-glock state machine and
+//!   holders, demote);
 //! - [`mount`]: options, loading, journal replay at mount;
 //! - [`fuse`]: the fuser adapter;
 //! - [`cli`]: what the command-line tools share (output, logging).

@@ -13,14 +13,15 @@ use std::time::Duration;
 
 use rgfs::format::consts::s_if;
 use rgfs::fuse::{FuseFs, FuseNotifier};
-use rgfs::glock::{BlockingCallback, DlmMode, Fs, GlockState, LockError, LockModule, LockName, Lvb};
+use rgfs::glock::{DlmMode, Fs, GlockState, Granted, LockError, LockEvents, LockModule, LockName, LockRequest};
 use rgfs::mount::{mount, MountOptions};
 use rgfs_block::{Access, FileDevice};
 
-/// Grants everything, records requests, and lets the test fire callbacks.
+/// Grants everything at once, records requests, and lets the test fire
+/// callbacks.
 #[derive(Default)]
 struct TestLock {
-    cb: Mutex<Option<BlockingCallback>>,
+    events: Mutex<Option<Arc<dyn LockEvents>>>,
     requests: Mutex<Vec<(LockName, DlmMode)>>,
     unlocks: Mutex<Vec<LockName>>,
 }
@@ -29,23 +30,28 @@ impl LockModule for TestLock {
     fn proto_name(&self) -> &str {
         "lock_test"
     }
-    fn lock(&self, name: LockName, mode: DlmMode, _lvb: &mut Lvb) -> Result<(), LockError> {
-        self.requests.lock().unwrap().push((name, mode));
-        Ok(())
+    fn request(&self, req: LockRequest) -> Option<Result<Granted, LockError>> {
+        if req.to == GlockState::Unlocked {
+            self.unlocks.lock().unwrap().push(req.name);
+        } else {
+            self.requests.lock().unwrap().push((req.name, req.to.dlm_mode()));
+        }
+        Some(Ok(Granted { state: req.to, lvb: None }))
     }
-    fn unlock(&self, name: LockName, _lvb: Option<&Lvb>) -> Result<(), LockError> {
-        self.unlocks.lock().unwrap().push(name);
-        Ok(())
-    }
-    fn set_blocking_callback(&self, cb: BlockingCallback) {
-        *self.cb.lock().unwrap() = Some(cb);
+    fn set_events(&self, events: Arc<dyn LockEvents>) {
+        *self.events.lock().unwrap() = Some(events);
     }
 }
 
 impl TestLock {
-    fn fire(&self, name: LockName, mode: DlmMode) {
-        let cb = self.cb.lock().unwrap().clone().expect("callback registered");
-        cb(name, mode);
+    /// Fires a blocking callback and waits until the demote (run by the
+    /// glock worker) is done, kernel invalidation included.
+    fn fire(&self, fs: &Fs, name: LockName, mode: DlmMode) {
+        let events = self.events.lock().unwrap().clone().expect("events registered");
+        let before = fs.glocks.demotes(name);
+        events.blocking(name, mode);
+        assert!(fs.glocks.wait_settled(name, Duration::from_secs(30)), "demote of {name} did not settle");
+        assert!(fs.glocks.demotes(name) > before, "no demote of {name} ran");
     }
 }
 
@@ -115,7 +121,7 @@ fn a_blocking_callback_demotes_and_invalidates_the_kernel_cache() {
     // Another node asks for f: demote to UN (flush, write back, revoke,
     // invalidate ours and the kernel's caches).
     let before = lock.requests.lock().unwrap().len();
-    lock.fire(LockName::inode(f_ino), DlmMode::Ex);
+    lock.fire(&fs, LockName::inode(f_ino), DlmMode::Ex);
     assert_eq!(fs.glocks.state(LockName::inode(f_ino)), GlockState::Unlocked);
     assert!(lock.unlocks.lock().unwrap().contains(&LockName::inode(f_ino)));
     other_node_writes(&image, "f", b"written by node B");
@@ -134,7 +140,7 @@ fn a_blocking_callback_demotes_and_invalidates_the_kernel_cache() {
     // A directory demote invalidates the kernel's entries: node B renames
     // g, and after the callback on the root the mount shows the new name.
     let root = fs.root();
-    lock.fire(LockName::inode(root), DlmMode::Ex);
+    lock.fire(&fs, LockName::inode(root), DlmMode::Ex);
     {
         let dev = Arc::new(FileDevice::open(&image, Access::ReadWrite).unwrap());
         let (mut b, _) = mount(dev, &MountOptions { jid: Some(1), ..Default::default() }).unwrap();
@@ -149,4 +155,234 @@ fn a_blocking_callback_demotes_and_invalidates_the_kernel_cache() {
     bg.umount_and_join().unwrap();
     std::thread::sleep(Duration::from_millis(100));
     common::fsck_path(&image).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A lock module shaped like the real client: requests return at once and
+/// are completed later, out of order, from the module's own thread, which
+/// also fires blocking callbacks with random modes at random moments.
+struct AsyncLock {
+    events: Mutex<Option<Arc<dyn LockEvents>>>,
+    pending: Mutex<Vec<LockRequest>>,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+/// xorshift64*: enough randomness for a stress test, reproducible by seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) % n
+    }
+}
+
+impl LockModule for AsyncLock {
+    fn proto_name(&self) -> &str {
+        "lock_async_test"
+    }
+    fn request(&self, req: LockRequest) -> Option<Result<Granted, LockError>> {
+        self.pending.lock().unwrap().push(req);
+        None
+    }
+    fn set_events(&self, events: Arc<dyn LockEvents>) {
+        *self.events.lock().unwrap() = Some(events);
+    }
+}
+
+impl AsyncLock {
+    /// The module's thread: completes pending requests in random order
+    /// (try requests sometimes fail) and fires callbacks on `names`.
+    fn run(&self, names: &[LockName], seed: u64) {
+        let mut rng = Rng(seed);
+        let events = self.events.lock().unwrap().clone().expect("events registered");
+        while !self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_micros(rng.below(300)));
+            let req = {
+                let mut p = self.pending.lock().unwrap();
+                let n = p.len() as u64;
+                (n > 0).then(|| p.swap_remove(rng.below(n) as usize))
+            };
+            if let Some(r) = req {
+                let result = if r.flags.try_lock && rng.below(4) == 0 {
+                    Err(LockError::TryFailed(r.name))
+                } else {
+                    Ok(Granted { state: r.to, lvb: None })
+                };
+                events.completed(r.name, result);
+            }
+            if rng.below(8) == 0 {
+                let name = names[rng.below(names.len() as u64) as usize];
+                let mode = [DlmMode::Ex, DlmMode::Pr, DlmMode::Cw][rng.below(3) as usize];
+                events.blocking(name, mode);
+            }
+        }
+    }
+}
+
+/// Demote work that needs the "core" mutex, as `Fs`'s does, and checks it
+/// runs on the glock worker with no holder of its glock granted.
+struct CheckingDemoter {
+    table: std::sync::Weak<rgfs::glock::GlockTable>,
+    core: Arc<Mutex<()>>,
+    violations: Arc<Mutex<Vec<String>>>,
+    syncs: std::sync::atomic::AtomicU64,
+}
+
+impl rgfs::glock::Demoter for CheckingDemoter {
+    fn sync(&self, name: LockName, from: GlockState, to: GlockState) -> rgfs::Result<()> {
+        let _core = self.core.lock().unwrap();
+        let thread = std::thread::current().name().unwrap_or("").to_string();
+        if thread != "rgfs-glock" {
+            self.violations.lock().unwrap().push(format!("demote of {name} ran on thread {thread:?}"));
+        }
+        if let Some(t) = self.table.upgrade() {
+            if t.holders(name) != 0 {
+                self.violations.lock().unwrap().push(format!("demote {from:?}→{to:?} of {name} with holders granted"));
+            }
+        }
+        self.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+    fn demoted(&self, _: LockName, _: GlockState) {}
+}
+
+/// Threads take holders on several glocks in the lock order, then the core
+/// mutex, while the lock module completes requests late and out of order
+/// and fires callbacks at random: nothing deadlocks (every wait is bounded
+/// and a timeout fails the test), holders are always covered, demotes run
+/// on the worker with no holder granted, a blocking acquisition under the
+/// core mutex is refused (never waits), and every callback is honoured at
+/// the end.
+#[test]
+fn holders_and_racing_callbacks_under_an_async_lock_module() {
+    use rgfs::glock::{DemoteLockMark, GlockConfig, GlockTable, HolderFlags};
+    let module = Arc::new(AsyncLock { events: Mutex::new(None), pending: Mutex::new(Vec::new()), stop: false.into() });
+    let config = GlockConfig { min_hold: Duration::from_millis(2), wait_timeout: Duration::from_secs(30) };
+    let table = Arc::new(GlockTable::new(module.clone(), config));
+    let core = Arc::new(Mutex::new(()));
+    let violations = Arc::new(Mutex::new(Vec::new()));
+    let demoter = Arc::new(CheckingDemoter {
+        table: Arc::downgrade(&table),
+        core: core.clone(),
+        violations: violations.clone(),
+        syncs: 0.into(),
+    });
+    table.set_demoter(demoter.clone());
+    let names: Vec<LockName> = (0..6).map(|i| LockName::inode(100 + i)).collect();
+    let module_thread = {
+        let (m, n) = (module.clone(), names.clone());
+        std::thread::spawn(move || m.run(&n, 0x9e37_79b9_7f4a_7c15))
+    };
+    let clients: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (table, core, names, violations) = (table.clone(), core.clone(), names.clone(), violations.clone());
+            std::thread::spawn(move || {
+                let mut rng = Rng(t * 7919 + 17);
+                for _ in 0..300 {
+                    let mut picked: Vec<LockName> = (0..1 + rng.below(3)).map(|_| names[rng.below(6) as usize]).collect();
+                    picked.sort();
+                    picked.dedup();
+                    let (mode, flags) = match rng.below(3) {
+                        0 => (GlockState::Exclusive, HolderFlags { node_scope: true, ..Default::default() }),
+                        1 => (GlockState::Shared, HolderFlags::default()),
+                        _ => (GlockState::Exclusive, HolderFlags::default()),
+                    };
+                    let mut held = Vec::new();
+                    for &n in &picked {
+                        if rng.below(5) == 0 {
+                            if let Some(h) = table.try_acquire(n, mode, flags).expect("try-lock error") {
+                                held.push((n, h));
+                            }
+                        } else {
+                            let h = table.acquire(n, mode, flags).unwrap_or_else(|e| panic!("client {t}: {e}"));
+                            held.push((n, h));
+                        }
+                    }
+                    {
+                        let _core = core.lock().unwrap();
+                        let _mark = DemoteLockMark::new();
+                        for (n, _) in &held {
+                            if !table.state(*n).covers(mode) {
+                                violations.lock().unwrap().push(format!("{n} in {:?} under a {mode:?} holder", table.state(*n)));
+                            }
+                        }
+                        // Under the core mutex: a blocking acquisition is refused
+                        // at once; a try-lock is allowed and returns.
+                        if rng.below(10) == 0 {
+                            let other = names[rng.below(6) as usize];
+                            match table.acquire(other, GlockState::Exclusive, HolderFlags::default()) {
+                                Err(rgfs::Error::Lock(_)) => {}
+                                other => violations.lock().unwrap().push(format!("acquire under the core mutex: {other:?}")),
+                            }
+                            drop(table.try_acquire(other, GlockState::Shared, HolderFlags::default()).expect("try-lock"));
+                        }
+                    }
+                    drop(held);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client thread");
+    }
+    // Every glock is given up on request once its holders are gone.
+    let events = module.events.lock().unwrap().clone().unwrap();
+    for &n in &names {
+        events.blocking(n, DlmMode::Ex);
+    }
+    for &n in &names {
+        assert!(table.wait_settled(n, Duration::from_secs(30)), "{n} never settled");
+        assert_eq!(table.state(n), GlockState::Unlocked, "callback on {n} not honoured");
+    }
+    module.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    module_thread.join().unwrap();
+    let v = violations.lock().unwrap();
+    assert!(v.is_empty(), "{} violations, first: {:?}", v.len(), v.first());
+    assert!(demoter.syncs.load(std::sync::atomic::Ordering::Relaxed) > 0, "no demote ran");
+}
+
+/// A request waiting on the lock manager for one glock does not hold up
+/// another glock (the old table held one mutex across the module's wait),
+/// and a refusal from the lock manager is a lock error, not corruption.
+#[test]
+fn requests_are_independent_and_refusals_are_lock_errors() {
+    use rgfs::glock::{GlockConfig, GlockTable, HolderFlags};
+    let module = Arc::new(AsyncLock { events: Mutex::new(None), pending: Mutex::new(Vec::new()), stop: false.into() });
+    let config = GlockConfig { min_hold: Duration::ZERO, wait_timeout: Duration::from_secs(30) };
+    let table = Arc::new(GlockTable::new(module.clone(), config));
+    let (a, b) = (LockName::inode(1), LockName::inode(2));
+    let waiter = {
+        let t = table.clone();
+        std::thread::spawn(move || t.acquire(a, GlockState::Exclusive, HolderFlags::default()).map(|h| h.mode()))
+    };
+    while module.pending.lock().unwrap().is_empty() {
+        std::thread::yield_now();
+    }
+    // A's request is outstanding; B is requested and granted meanwhile.
+    let events = module.events.lock().unwrap().clone().unwrap();
+    let b_holder = {
+        let t = table.clone();
+        let h = std::thread::spawn(move || t.acquire(b, GlockState::Shared, HolderFlags::default()).map(|h| h.mode()));
+        loop {
+            let req = module.pending.lock().unwrap().iter().position(|r| r.name == b);
+            if let Some(i) = req {
+                let r = module.pending.lock().unwrap().remove(i);
+                events.completed(r.name, Ok(Granted { state: r.to, lvb: None }));
+                break;
+            }
+            std::thread::yield_now();
+        }
+        h.join().unwrap()
+    };
+    assert_eq!(b_holder.unwrap(), GlockState::Shared);
+    assert!(!waiter.is_finished(), "A was granted without its reply");
+    // The lock manager refuses A: the holder fails with Error::Lock.
+    let r = module.pending.lock().unwrap().remove(0);
+    events.completed(r.name, Err(LockError::Failed(r.name, "no quorum".into())));
+    match waiter.join().unwrap() {
+        Err(rgfs::Error::Lock(why)) => assert!(why.contains("no quorum"), "{why}"),
+        other => panic!("expected a lock error, got {other:?}"),
+    }
 }

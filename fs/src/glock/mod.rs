@@ -1,15 +1,18 @@
 //! Glocks: the lock layer every access to an inode, a resource group or the
 //! journal goes through (`docs/glocks.md` has the tables and lock order).
 //!
-//! - [`LockModule`]: what a lock manager offers (request/convert/unlock in
-//!   DLM modes, blocking callbacks with the requested mode, 32-byte LVBs).
-//!   [`NoLock`] is lock_nolock: every request is granted at once and no
-//!   callback ever comes. The cluster issue adds a DLM-backed module.
-//! - [`GlockTable`]: per lock name, the state this node holds, cached until
-//!   a blocking callback asks for it back.
+//! - [`LockModule`] (`module.rs`): what a lock manager offers, shaped for an
+//!   asynchronous client: a request returns at once, its completion and the
+//!   blocking callbacks come back through [`LockEvents`]. [`NoLock`] is
+//!   lock_nolock: every request is granted inline, no callback ever comes.
+//! - [`Machine`] (`state.rs`): the pure per-glock state machine (holders,
+//!   demotes, minimum hold time, try-locks), tested against a model.
+//! - [`GlockTable`] (`table.rs`) drives one machine per lock name; a
+//!   [`Holder`] (`holder.rs`) keeps its glock until dropped.
 //! - [`Fs`]: the mounted filesystem: the core behind a mutex plus the
-//!   glocks; its `demote` does what GFS2 does before giving a glock up (log
-//!   flush, write back, revoke, invalidate our caches and the kernel's).
+//!   glocks; its [`Demoter`] does what GFS2 does before giving a glock up
+//!   (log flush, write back, revoke, invalidate our caches and the
+//!   kernel's), on the table's worker thread.
 //!
 //! Invariants:
 //! - resource names are the kernel's: `"%8x%16x"` of type and number;
@@ -21,14 +24,28 @@
 //!   this node's journal; on demote to UN nothing of it stays cached here
 //!   or in the kernel.
 
+mod holder;
+mod module;
+mod order;
+#[cfg(test)]
+mod proptests;
+mod state;
+mod table;
+
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::core::FsCore;
 use crate::error::{Error, Result};
+
+pub use holder::Holder;
+pub use module::{Granted, LockError, LockEvents, LockModule, LockRequest, NoLock};
+pub use order::{holds_demote_lock, DemoteLockMark};
+pub use state::{Action, Busy, HolderFlags, HolderId, Machine, Refusal, Reply};
+pub use table::{Demoter, GlockConfig, GlockTable};
 
 /// Glock types (LM_TYPE_*).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -135,114 +152,6 @@ impl GlockState {
 /// A lock value block.
 pub type Lvb = [u8; 32];
 
-/// Why a lock module refused.
-#[derive(Debug, thiserror::Error)]
-pub enum LockError {
-    #[error("lock {0}: {1}")]
-    Failed(String, String),
-}
-
-/// A blocking callback: another node wants `name` in `mode`.
-pub type BlockingCallback = Arc<dyn Fn(LockName, DlmMode) + Send + Sync>;
-
-/// What a lock manager must offer the filesystem.
-pub trait LockModule: Send + Sync {
-    /// "lock_nolock", "lock_dlm", ...
-    fn proto_name(&self) -> &str;
-    /// Requests `name` in `mode`, or converts a held lock to `mode`; waits
-    /// until granted. With `lvb`, the value block is read on grant (and
-    /// written on a down-conversion from EX).
-    fn lock(&self, name: LockName, mode: DlmMode, lvb: &mut Lvb) -> std::result::Result<(), LockError>;
-    /// Releases `name`, writing `lvb` back if given (when leaving EX).
-    fn unlock(&self, name: LockName, lvb: Option<&Lvb>) -> std::result::Result<(), LockError>;
-    /// Registers where blocking callbacks go.
-    fn set_blocking_callback(&self, cb: BlockingCallback);
-}
-
-/// lock_nolock: a single node; everything is granted, nothing calls back.
-#[derive(Debug, Default)]
-pub struct NoLock;
-
-impl LockModule for NoLock {
-    fn proto_name(&self) -> &str {
-        "lock_nolock"
-    }
-    fn lock(&self, _: LockName, _: DlmMode, _: &mut Lvb) -> std::result::Result<(), LockError> {
-        Ok(())
-    }
-    fn unlock(&self, _: LockName, _: Option<&Lvb>) -> std::result::Result<(), LockError> {
-        Ok(())
-    }
-    fn set_blocking_callback(&self, _: BlockingCallback) {}
-}
-
-/// One cached glock.
-#[derive(Clone, Debug)]
-pub struct Glock {
-    pub state: GlockState,
-    pub lvb: Lvb,
-    /// Demotes done (statistics, tests).
-    pub demotes: u64,
-}
-
-/// The glocks this node holds.
-pub struct GlockTable {
-    module: Arc<dyn LockModule>,
-    held: Mutex<HashMap<LockName, Glock>>,
-}
-
-impl GlockTable {
-    pub fn new(module: Arc<dyn LockModule>) -> Self {
-        GlockTable { module, held: Mutex::new(HashMap::new()) }
-    }
-
-    pub fn module(&self) -> &Arc<dyn LockModule> {
-        &self.module
-    }
-
-    /// Makes sure `name` is held at least in `want` (cached glocks are
-    /// reused without asking the lock manager).
-    pub fn acquire(&self, name: LockName, want: GlockState) -> Result<()> {
-        let mut held = self.held.lock();
-        let cur = held.get(&name).map(|g| g.state).unwrap_or(GlockState::Unlocked);
-        if cur.covers(want) {
-            return Ok(());
-        }
-        let mut lvb = held.get(&name).map(|g| g.lvb).unwrap_or([0; 32]);
-        self.module
-            .lock(name, want.dlm_mode(), &mut lvb)
-            .map_err(|e| Error::Corrupt { what: format!("glock {name}"), why: e.to_string() })?;
-        let g = held.entry(name).or_insert(Glock { state: want, lvb, demotes: 0 });
-        g.state = want;
-        g.lvb = lvb;
-        Ok(())
-    }
-
-    pub fn state(&self, name: LockName) -> GlockState {
-        self.held.lock().get(&name).map(|g| g.state).unwrap_or(GlockState::Unlocked)
-    }
-
-    pub fn demotes(&self, name: LockName) -> u64 {
-        self.held.lock().get(&name).map(|g| g.demotes).unwrap_or(0)
-    }
-
-    /// Tells the lock manager this node now holds `name` in `to`.
-    fn set_state(&self, name: LockName, to: GlockState) -> Result<()> {
-        let mut held = self.held.lock();
-        let Some(g) = held.get_mut(&name) else { return Ok(()) };
-        let r = if to == GlockState::Unlocked {
-            self.module.unlock(name, (g.state == GlockState::Exclusive).then_some(&g.lvb))
-        } else {
-            let mut lvb = g.lvb;
-            self.module.lock(name, to.dlm_mode(), &mut lvb)
-        };
-        r.map_err(|e| Error::Corrupt { what: format!("glock {name}"), why: e.to_string() })?;
-        g.state = to;
-        g.demotes += 1;
-        Ok(())
-    }
-}
-
 /// Invalidation of the kernel's caches (the FUSE adapter implements it with
 /// fuser notifications; inode numbers here are the kernel's).
 pub trait KernelCache: Send + Sync {
@@ -250,37 +159,87 @@ pub trait KernelCache: Send + Sync {
     fn inval_entry(&self, parent: u64, name: &[u8]);
 }
 
+/// The core mutex. Holding it marks the thread (`order.rs`): demote work
+/// needs it, so a thread holding it must not wait for a glock.
+pub struct CoreMutex(Mutex<FsCore>);
+
+/// The core, locked.
+pub struct CoreGuard<'a> {
+    guard: MutexGuard<'a, FsCore>,
+    _mark: DemoteLockMark,
+}
+
+impl CoreMutex {
+    pub fn lock(&self) -> CoreGuard<'_> {
+        let guard = self.0.lock();
+        CoreGuard { guard, _mark: DemoteLockMark::new() }
+    }
+}
+
+impl std::ops::Deref for CoreGuard<'_> {
+    type Target = FsCore;
+    fn deref(&self) -> &FsCore {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for CoreGuard<'_> {
+    fn deref_mut(&mut self) -> &mut FsCore {
+        &mut self.guard
+    }
+}
+
+/// Holders for an operation's glocks; released when dropped.
+pub type Holders = Vec<Holder>;
+
+/// How the node's operations hold their glocks: node scope, because the
+/// core mutex serialises this node's users (as the kernel does for rgrps).
+const OP: HolderFlags = HolderFlags { try_lock: false, any: false, node_scope: true, noexp: false };
+
 /// A mounted filesystem: the core behind its mutex, and the glocks.
 pub struct Fs {
-    pub core: Mutex<FsCore>,
+    pub core: CoreMutex,
     pub glocks: GlockTable,
     pub kernel: Mutex<Option<Arc<dyn KernelCache>>>,
     root: u64,
+    /// Held for the whole mount: MOUNT EX, the journal EX, LIVE SH.
+    _mount_holders: Holders,
+    /// Directory entry names to invalidate in the kernel once a demote of
+    /// the directory is confirmed (collected by the demote's sync step).
+    pending_inval: Mutex<HashMap<LockName, Vec<Vec<u8>>>>,
 }
 
 impl Fs {
-    /// Wraps a mounted core. Takes the node's long-held locks: the journal
-    /// (EX for the whole mount) and every rgrp (EX, cached: lock_nolock
-    /// never takes them back; the cluster issue replaces this by per-rgrp
-    /// locking in the allocator).
+    /// Wraps a mounted core with the default glock tunables.
     pub fn new(core: FsCore, module: Arc<dyn LockModule>) -> Result<Arc<Fs>> {
-        let glocks = GlockTable::new(module.clone());
-        glocks.acquire(LockName { ty: LockType::NonDisk, number: nondisk::MOUNT }, GlockState::Exclusive)?;
-        glocks.acquire(LockName::journal(core.jid), GlockState::Exclusive)?;
-        glocks.acquire(LockName { ty: LockType::NonDisk, number: nondisk::LIVE }, GlockState::Shared)?;
+        Fs::with_config(core, module, GlockConfig::default())
+    }
+
+    /// Wraps a mounted core. Holds the node's long-held locks for the
+    /// mount (MOUNT EX, the journal EX, LIVE SH) and caches every rgrp EX
+    /// (lock_nolock never takes them back; the cluster issue replaces this
+    /// by per-rgrp locking in the allocator).
+    pub fn with_config(core: FsCore, module: Arc<dyn LockModule>, config: GlockConfig) -> Result<Arc<Fs>> {
+        let glocks = GlockTable::new(module, config);
+        let plain = HolderFlags::default();
+        let mount_holders = vec![
+            glocks.acquire(LockName { ty: LockType::NonDisk, number: nondisk::MOUNT }, GlockState::Exclusive, plain)?,
+            glocks.acquire(LockName::journal(core.jid), GlockState::Exclusive, plain)?,
+            glocks.acquire(LockName { ty: LockType::NonDisk, number: nondisk::LIVE }, GlockState::Shared, plain)?,
+        ];
         for r in &core.alloc.rgrps {
-            glocks.acquire(LockName::rgrp(r.ri.addr), GlockState::Exclusive)?;
+            drop(glocks.acquire(LockName::rgrp(r.ri.addr), GlockState::Exclusive, OP)?);
         }
         let root = core.sys.root;
-        let fs = Arc::new(Fs { core: Mutex::new(core), glocks, kernel: Mutex::new(None), root });
-        let weak = Arc::downgrade(&fs);
-        module.set_blocking_callback(Arc::new(move |name, mode| {
-            if let Some(fs) = weak.upgrade() {
-                if let Err(e) = fs.demote(name, GlockState::demote_target(mode)) {
-                    tracing::error!("demote of glock {name} failed: {e}");
-                }
-            }
-        }));
+        let fs = Arc::new(Fs {
+            core: CoreMutex(Mutex::new(core)),
+            glocks,
+            kernel: Mutex::new(None),
+            root,
+            _mount_holders: mount_holders,
+            pending_inval: Mutex::new(HashMap::new()),
+        });
+        fs.glocks.set_demoter(Arc::new(FsDemoter(Arc::downgrade(&fs))));
         Ok(fs)
     }
 
@@ -288,29 +247,36 @@ impl Fs {
         self.root
     }
 
-    /// Locks the inodes an operation touches (ascending numbers: the lock
-    /// order), then runs `f` on the core.
-    pub fn with_inodes<T>(&self, inodes: &[u64], mode: GlockState, f: impl FnOnce(&mut FsCore) -> Result<T>) -> Result<T> {
+    /// Takes holders on the inodes an operation touches, in the lock order
+    /// (ascending numbers). Must not be called with the core mutex held.
+    pub fn hold_inodes(&self, inodes: &[u64], mode: GlockState) -> Result<Holders> {
         let mut sorted: Vec<u64> = inodes.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
-        for &i in &sorted {
-            self.glocks.acquire(LockName::inode(i), mode)?;
-        }
+        sorted.into_iter().map(|i| self.glocks.acquire(LockName::inode(i), mode, OP)).collect()
+    }
+
+    /// Holds the inodes an operation touches, then runs `f` on the core;
+    /// the holders drop when it returns.
+    pub fn with_inodes<T>(&self, inodes: &[u64], mode: GlockState, f: impl FnOnce(&mut FsCore) -> Result<T>) -> Result<T> {
+        let _held = self.hold_inodes(inodes, mode)?;
         let mut core = self.core.lock();
         f(&mut core)
     }
 
     /// Reads file data: the block map under the glock and core lock, the
-    /// device transfers outside the core lock (reads run in parallel).
+    /// device transfers outside the core lock (reads run in parallel) but
+    /// still under the glock holder.
     pub fn read(&self, addr: u64, offset: u64, size: usize) -> Result<Vec<u8>> {
+        let _held = self.hold_inodes(&[addr], GlockState::Exclusive)?;
         // The transfers run without the core lock, inside a read section:
         // blocks a concurrent truncate frees stay unallocated until it ends.
-        let (plan, dev, reads) = self.with_inodes(&[addr], GlockState::Exclusive, |c| {
+        let (plan, dev, reads) = {
+            let mut c = self.core.lock();
             let plan = c.read_planned(addr, offset, size)?;
             c.reads.begin();
-            Ok((plan, c.dev.clone(), c.reads.clone()))
-        })?;
+            (plan, c.dev.clone(), c.reads.clone())
+        };
         let r = plan.execute(&*dev);
         // End the section before taking the core lock again (a committer
         // may be waiting for it while holding that lock).
@@ -321,7 +287,8 @@ impl Fs {
     /// fsync/fsyncdir: commits under the locks, then flushes the device
     /// without the core lock (other operations go on meanwhile).
     pub fn sync(&self, inodes: &[u64]) -> Result<()> {
-        let Some(ticket) = self.with_inodes(inodes, GlockState::Exclusive, |c| c.sync_start())? else {
+        let _held = self.hold_inodes(inodes, GlockState::Exclusive)?;
+        let Some(ticket) = self.core.lock().sync_start()? else {
             return Ok(());
         };
         let flushed = ticket.dev.flush().map_err(Error::from);
@@ -332,10 +299,12 @@ impl Fs {
     /// block data transfers outside the core lock inside an in-flight
     /// section that every commit waits for (ordered mode).
     pub fn write(&self, addr: u64, offset: u64, data: &[u8], append: bool, kill_priv: bool) -> Result<usize> {
-        let (n, runs, dev, inflight) = self.with_inodes(&[addr], GlockState::Exclusive, |c| {
+        let _held = self.hold_inodes(&[addr], GlockState::Exclusive)?;
+        let (n, runs, dev, inflight) = {
+            let mut c = self.core.lock();
             let (n, runs) = c.write_deferred(addr, offset, data, append, kill_priv)?;
-            Ok((n, runs, c.dev.clone(), c.inflight.clone()))
-        })?;
+            (n, runs, c.dev.clone(), c.inflight.clone())
+        };
         if runs.is_empty() {
             return Ok(n);
         }
@@ -351,32 +320,65 @@ impl Fs {
         }
     }
 
-    /// Gives up (part of) a glock as GFS2 does on a blocking callback:
-    /// kernel caches first (its dirty pages come back as writes), then log
-    /// flush, write-back of the object's blocks, revokes, our caches; then
-    /// the lock manager is told.
-    pub fn demote(&self, name: LockName, to: GlockState) -> Result<()> {
-        let cur = self.glocks.state(name);
-        if cur.covers(GlockState::Exclusive) || to == GlockState::Unlocked {
-            if name.ty == LockType::Inode {
-                let ino = if name.number == self.root { 1 } else { name.number };
-                let kernel = self.kernel.lock().clone();
-                if let Some(k) = &kernel {
-                    k.inval_inode(ino);
-                }
-                let names = self.core.lock().demote_inode(name.number, to == GlockState::Unlocked)?;
-                if let Some(k) = &kernel {
-                    k.inval_inode(ino);
-                    for n in names {
-                        k.inval_entry(ino, &n);
-                    }
-                }
-            } else {
-                let mut core = self.core.lock();
-                core.commit(true)?;
+    /// The kernel's inode number of a glock's inode.
+    fn kernel_ino(&self, name: LockName) -> u64 {
+        if name.number == self.root {
+            1
+        } else {
+            name.number
+        }
+    }
+
+    /// The sync step of a demote, as GFS2 does on a blocking callback: log
+    /// flush, write-back of the object's blocks, revokes, and for UN our
+    /// caches. Runs on the glock worker with no holder of the glock granted.
+    fn demote_sync(&self, name: LockName, from: GlockState, to: GlockState) -> Result<()> {
+        if !(from.covers(GlockState::Exclusive) || to == GlockState::Unlocked) {
+            return Ok(());
+        }
+        if name.ty == LockType::Inode {
+            let names = self.core.lock().demote_inode(name.number, to == GlockState::Unlocked)?;
+            self.pending_inval.lock().insert(name, names);
+        } else {
+            self.core.lock().commit(true)?;
+        }
+        Ok(())
+    }
+
+    /// After the lock manager confirmed a demote: the kernel drops what it
+    /// caches of the inode (attributes, pages, a directory's entries). Sent
+    /// without any glock gated, because the kernel may answer with requests
+    /// of its own that FUSE threads must be able to serve.
+    fn demote_kernel(&self, name: LockName) {
+        let names = self.pending_inval.lock().remove(&name).unwrap_or_default();
+        if name.ty != LockType::Inode {
+            return;
+        }
+        let kernel = self.kernel.lock().clone();
+        if let Some(k) = &kernel {
+            let ino = self.kernel_ino(name);
+            k.inval_inode(ino);
+            for n in names {
+                k.inval_entry(ino, &n);
             }
         }
-        self.glocks.set_state(name, to)
+    }
+}
+
+/// The table's demote work, for a mounted filesystem while it exists.
+struct FsDemoter(Weak<Fs>);
+
+impl Demoter for FsDemoter {
+    fn sync(&self, name: LockName, from: GlockState, to: GlockState) -> Result<()> {
+        match self.0.upgrade() {
+            Some(fs) => fs.demote_sync(name, from, to),
+            None => Ok(()),
+        }
+    }
+    fn demoted(&self, name: LockName, _to: GlockState) {
+        if let Some(fs) = self.0.upgrade() {
+            fs.demote_kernel(name);
+        }
     }
 }
 
