@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use rgfs_block::{Access, BlockDevice, FileDevice};
+use rgfs_block::{Access, BlockDevice};
 use rgfs_mkfs::options::{parse_uuid, LockProto, MkfsOptions};
 use rgfs_mkfs::{prepare, probe, write, Error, Summary};
 
@@ -159,7 +159,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let opts = options(&cli)?;
     let path = &cli.device;
     // O_EXCL on a block device: refused while it is mounted or in use.
-    let dev = FileDevice::open(path, Access::Exclusive).map_err(Error::from)?;
+    let dev = rgfs_nbd::open_device(path, Access::Exclusive).map_err(Error::from)?;
     let prepared = prepare(dev.size(), &opts)?;
 
     let existing = probe::existing_content(&dev)?;

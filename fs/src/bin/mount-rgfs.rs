@@ -15,7 +15,7 @@ use std::sync::Arc;
 use rgfs::fuse::{FuseFs, FuseNotifier};
 use rgfs::glock::{Fs, NoLock};
 use rgfs::mount::{mount, MountOptions};
-use rgfs_block::{Access, FileDevice};
+use rgfs_block::Access;
 
 const USAGE: &str = "usage: mount.rgfs DEVICE MOUNTPOINT [-o OPTIONS] [-f] [-n] [-v] [-s]\n\
   options: lockproto=lock_nolock|lock_dlm, locktable=C:F, hostdata=jid=N, ro, rw,\n\
@@ -54,7 +54,12 @@ fn parse_args() -> Result<Args, String> {
     let threads = std::env::var("RGFS_FUSE_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
     // The absolute path, symlinks resolved: mountinfo shows it as the
     // source, and fsck.rgfs finds the mount by it whatever the directory.
-    let device = std::fs::canonicalize(&pos[0]).map_err(|e| format!("{}: {e}", pos[0]))?;
+    // An NBD URL is kept as written.
+    let device = if rgfs_nbd::is_nbd_url(&pos[0]) {
+        pos[0].clone().into()
+    } else {
+        std::fs::canonicalize(&pos[0]).map_err(|e| format!("{}: {e}", pos[0]))?
+    };
     Ok(Args { device, mountpoint: pos[1].clone().into(), opts, foreground, threads })
 }
 
@@ -66,9 +71,9 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
     // A read-only mount still opens the device for writing when it can, so
     // a dirty journal can be replayed (as the kernel does); the mount
     // itself never writes otherwise.
-    let dev = match FileDevice::open(&args.device, Access::ReadWrite) {
+    let dev = match rgfs_nbd::open_device(&args.device, Access::ReadWrite) {
         Ok(d) => d,
-        Err(_) if args.opts.read_only => FileDevice::open(&args.device, Access::ReadOnly).map_err(|e| e.to_string())?,
+        Err(_) if args.opts.read_only => rgfs_nbd::open_device(&args.device, Access::ReadOnly).map_err(|e| e.to_string())?,
         Err(e) => return Err(e.to_string()),
     };
     let (core, report) = mount(Arc::new(dev), &args.opts).map_err(|e| format!("{}: {e}", args.device.display()))?;

@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Parser;
-use rgfs_block::{Access, FileDevice};
+use rgfs_block::Access;
 use rgfs_fsck::{check_asking, Answer, Asker, ExitCode, Mode, Options};
 
 #[derive(Parser, Debug)]
@@ -90,7 +90,7 @@ fn main() {
     } else {
         Access::ReadOnly
     };
-    let dev = match FileDevice::open(&cli.device, access) {
+    let dev = match rgfs_nbd::open_device(&cli.device, access) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("fsck.rgfs: {e}");
