@@ -98,7 +98,7 @@ fn serve(args: &[String]) -> Result<(), String> {
     for addr in &tcp {
         let l = TcpListener::bind(addr).map_err(|e| format!("--listen {addr}: {e}"))?;
         let local = l.local_addr().map_err(|e| e.to_string())?;
-        println!("listening on {local}");
+        announce(&format!("listening on {local}"));
         server.spawn_listener(Listener::Tcp(l)).map_err(|e| e.to_string())?;
     }
     for path in &unix {
@@ -107,11 +107,9 @@ fn serve(args: &[String]) -> Result<(), String> {
             let _ = std::fs::remove_file(path);
         }
         let l = UnixListener::bind(path).map_err(|e| format!("--unix {}: {e}", path.display()))?;
-        println!("listening on unix:{}", path.display());
+        announce(&format!("listening on unix:{}", path.display()));
         server.spawn_listener(Listener::Unix(l)).map_err(|e| e.to_string())?;
     }
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
     let sig = wait_signal(&signals);
     log(&format!("signal {sig}: finishing requests in progress, flushing, exiting"));
     let flushed = server.shutdown(SHUTDOWN_GRACE);
@@ -123,6 +121,14 @@ fn serve(args: &[String]) -> Result<(), String> {
     }
     log("all exports flushed");
     Ok(())
+}
+
+/// One line on stdout for whoever started the server (a script or a test
+/// reads the port from it); a closed stdout is not an error.
+fn announce(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 fn block_signals() -> libc::sigset_t {
