@@ -24,7 +24,7 @@ stop() { if [ -n "$SERVER" ]; then kill "$SERVER" 2>/dev/null || true; wait "$SE
 trap 'stop; rm -f "$DIR"/*.sock "$DIR/serve.out" "$IMG"' EXIT
 
 # A new backing file for every measurement, written by nobody yet.
-fresh() { stop; rm -f "$IMG"; truncate -s $((MIB + 64))M "$IMG"; sync; }
+fresh() { stop; rm -f "$IMG" "$DIR/serve.out"; truncate -s $((MIB + 64))M "$IMG"; sync; }
 bench() { echo "== $1"; "$B" bench "$2" --mib "$MIB" --random "$RANDOM_WRITES"; }
 
 for round in $(seq "$ROUNDS"); do
