@@ -126,41 +126,36 @@ pub fn wait_timeout(child: &mut Child, t: Duration) -> Option<ExitStatus> {
 pub struct QemuNbd(Child);
 
 impl QemuNbd {
-    /// On the Unix socket `sock`; waits until it accepts connections.
-    pub fn unix(file: &Path, name: &str, sock: &Path) -> QemuNbd {
+    /// Starts qemu-nbd with `listen` (its listening options) and waits until
+    /// `ready` can connect.
+    fn spawn(file: &Path, name: &str, listen: &[String], ready: impl Fn() -> bool) -> QemuNbd {
         let child = Command::new("qemu-nbd")
-            .args(["-f", "raw", "--persistent", "--shared=4", "-x", name, "-k"])
-            .arg(sock)
+            .args(["-f", "raw", "--persistent", "--shared=4", "-x", name])
+            .args(listen)
             .arg(file)
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
         let q = QemuNbd(child);
         let start = Instant::now();
-        while std::os::unix::net::UnixStream::connect(sock).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(20), "qemu-nbd did not listen on {}", sock.display());
+        while !ready() {
+            assert!(start.elapsed() < Duration::from_secs(20), "qemu-nbd did not start listening ({listen:?})");
             std::thread::sleep(Duration::from_millis(20));
         }
         q
     }
 
+    /// On the Unix socket `sock`.
+    pub fn unix(file: &Path, name: &str, sock: &Path) -> QemuNbd {
+        let listen = ["-k".to_string(), sock.display().to_string()];
+        Self::spawn(file, name, &listen, || std::os::unix::net::UnixStream::connect(sock).is_ok())
+    }
+
     /// On 127.0.0.1 with a port that was free a moment ago; returns it.
     pub fn tcp(file: &Path, name: &str) -> (QemuNbd, u16) {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("qemu-nbd")
-            .args(["-f", "raw", "--persistent", "--shared=4", "-x", name, "-b", "127.0.0.1", "-p"])
-            .arg(port.to_string())
-            .arg(file)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let q = QemuNbd(child);
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(20), "qemu-nbd did not listen on port {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        (q, port)
+        let listen = ["-b".to_string(), "127.0.0.1".into(), "-p".into(), port.to_string()];
+        (Self::spawn(file, name, &listen, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()), port)
     }
 }
 
