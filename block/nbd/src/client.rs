@@ -260,7 +260,13 @@ fn connect(url: &NbdUrl, opts: &ClientOptions) -> std::result::Result<(Stream, N
             Stream::Unix(s)
         }
     };
-    let n = handshake(&mut stream, &url.export)?;
+    let n = handshake(&mut stream, &url.export).map_err(|e| match e {
+        HsError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => HsError::Io(io::Error::new(
+            e.kind(),
+            "the server closed the connection during the handshake (too many clients, or it refused this one)",
+        )),
+        e => e,
+    })?;
     Ok((stream, n))
 }
 

@@ -43,11 +43,18 @@ pub struct Limits {
     pub max_request: u32,
     /// How long the client may stay silent during the handshake.
     pub handshake_timeout: Duration,
+    /// How long a WRITE's payload may take to arrive once its header has.
+    /// (Between requests a client may be idle as long as it likes.)
+    pub payload_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_request: DEFAULT_MAX_PAYLOAD, handshake_timeout: Duration::from_secs(30) }
+        Limits {
+            max_request: DEFAULT_MAX_PAYLOAD,
+            handshake_timeout: Duration::from_secs(30),
+            payload_timeout: Duration::from_secs(60),
+        }
     }
 }
 
@@ -273,14 +280,19 @@ fn transmission<C: Conn>(conn: &mut C, e: &Export, limits: &Limits) -> Result<()
         let known_flags = CMD_FLAG_FUA | CMD_FLAG_NO_HOLE;
         let flags_ok = req.flags & !known_flags == 0;
         let oversize = req.len > limits.max_request;
+        if req.kind == CMD_WRITE {
+            conn.set_timeout(Some(limits.payload_timeout))?;
+        }
         let error = match req.kind {
             CMD_WRITE if oversize || !flags_ok => {
                 discard(conn, u64::from(req.len))?;
+                conn.set_timeout(None)?;
                 EINVAL
             }
             CMD_WRITE => {
                 buf.resize(req.len as usize, 0);
                 conn.read_exact(&mut buf)?;
+                conn.set_timeout(None)?;
                 if e.read_only {
                     EPERM
                 } else if !in_range(e, req.offset, req.len) {

@@ -47,7 +47,7 @@ impl Conn for Mem {
 fn run(input: Vec<u8>) -> (Arc<MemDevice>, Vec<u8>) {
     let dev = Arc::new(MemDevice::from_bytes(vec![0x5a; SIZE]));
     let exports = [Export { name: "disk".into(), device: dev.clone(), read_only: false }];
-    let limits = Limits { max_request: MAX_REQUEST, handshake_timeout: Duration::from_secs(1) };
+    let limits = Limits { max_request: MAX_REQUEST, ..Limits::default() };
     let mut conn = Mem { input: Cursor::new(input), output: Vec::new() };
     let _ = serve(&mut conn, &exports, &limits);
     (dev, conn.output)

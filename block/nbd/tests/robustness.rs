@@ -322,3 +322,52 @@ fn the_client_fails_stop_when_the_export_changed_size() {
     assert!(err.contains("not the same disk"), "{err}");
     assert_file(&b, &[0; 2 * MIB]);
 }
+
+#[test]
+fn clients_beyond_max_clients_are_refused_with_a_clear_error() {
+    let dir = scratch();
+    let (served, file, model) = served_file(dir.path(), MIB, 0x33, &["--max-clients", "1"]);
+    let first = NbdDevice::open(&served.url("disk"), Access::ReadWrite).unwrap();
+    let err = NbdDevice::open(&served.url("disk"), Access::ReadWrite).unwrap_err().to_string();
+    assert!(err.contains("too many clients"), "{err}");
+    // The slot frees when the first client leaves.
+    drop(first);
+    let start = std::time::Instant::now();
+    let second = loop {
+        match NbdDevice::open(&served.url("disk"), Access::ReadOnly) {
+            Ok(d) => break d,
+            Err(e) => assert!(start.elapsed() < Duration::from_secs(20), "{e}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut b = [0u8; 4];
+    second.read_at(0, &mut b).unwrap();
+    assert_eq!(b, [0x33; 4]);
+    assert_file(&file, &model);
+}
+
+#[test]
+fn a_write_payload_that_stalls_ends_the_connection() {
+    use rgfs_nbd::session::{serve, Export, Limits};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let dev = Arc::new(rgfs_block::MemDevice::new(MIB));
+    let device: Arc<dyn BlockDevice> = dev.clone();
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let exports = [Export { name: "disk".into(), device, read_only: false }];
+        let limits = Limits { payload_timeout: Duration::from_millis(200), ..Limits::default() };
+        let _ = done_tx.send(serve(&mut conn, &exports, &limits).map_err(|e| e.to_string()));
+    });
+    let mut r = Raw::go(port, "disk");
+    let mut m = Vec::new();
+    Request { flags: 0, kind: CMD_WRITE, cookie: 1, offset: 0, len: 4096 }.encode(&mut m);
+    m.extend_from_slice(&[0xff; 10]);
+    r.send(&m);
+    // The client stays connected but sends no more: the server gives up.
+    let end = done_rx.recv_timeout(Duration::from_secs(20)).expect("the session ended");
+    assert!(end.is_err(), "{end:?}");
+    assert!(dev.snapshot().iter().all(|&b| b == 0), "nothing of the partial write landed");
+    drop(r);
+}
