@@ -1,5 +1,8 @@
 //! `NbdDevice`: a `BlockDevice` served by an NBD server, over blocking std
-//! sockets (TCP or Unix), one request at a time.
+//! sockets (TCP or Unix), one request at a time per connection. Concurrent
+//! callers get connections of their own (up to [`MAX_CONNECTIONS`]) when the
+//! server advertises `CAN_MULTI_CONN`, i.e. a FLUSH on one connection
+//! covers the writes completed on all; otherwise they share one.
 //!
 //! Failure behaviour: when the connection drops (or a reply does not come
 //! within the I/O timeout), the request that was not answered is sent again
@@ -14,13 +17,17 @@
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use rgfs_block::{check_range, Access, BlockDevice, Error, Result};
 
 use crate::proto::*;
 use crate::url::{Address, NbdUrl};
+
+/// Connections one device opens at most (lazily, as callers overlap).
+pub const MAX_CONNECTIONS: usize = 4;
 
 /// Tunables of the client. The defaults retry for about eight seconds.
 #[derive(Clone, Debug)]
@@ -100,7 +107,10 @@ pub struct NbdDevice {
     flags: u16,
     /// The largest payload of one request (reads and writes are split).
     chunk: usize,
-    conn: Mutex<Option<Conn>>,
+    /// The connections; `None` until first used or after one was lost.
+    conns: Vec<Mutex<Option<Conn>>>,
+    /// Which connection a caller waits for when all are busy (spreads them).
+    next: AtomicUsize,
 }
 
 impl std::fmt::Debug for NbdDevice {
@@ -143,7 +153,13 @@ impl NbdDevice {
             size: n.size,
             flags: n.flags,
             chunk,
-            conn: Mutex::new(Some(Conn { stream, cookie: 0 })),
+            conns: {
+                let n = if n.flags & TX_CAN_MULTI_CONN != 0 { MAX_CONNECTIONS } else { 1 };
+                let mut conns = vec![Mutex::new(Some(Conn { stream, cookie: 0 }))];
+                conns.extend((1..n).map(|_| Mutex::new(None)));
+                conns
+            },
+            next: AtomicUsize::new(0),
         })
     }
 
@@ -156,7 +172,8 @@ impl NbdDevice {
     /// connection fails; `read_into` receives a READ's data.
     fn call(&self, op: &'static str, kind: u16, offset: u64, payload: &[u8], mut read_into: Option<&mut [u8]>) -> Result<()> {
         let len = read_into.as_ref().map_or(payload.len(), |b| b.len()) as u32;
-        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.connection();
+        let mut lost = false;
         let mut backoff = self.opts.first_backoff;
         let mut last = io::Error::other("no attempt made");
         for attempt in 0..self.opts.attempts.max(1) {
@@ -165,7 +182,7 @@ impl NbdDevice {
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
             if guard.is_none() {
-                match self.reconnect() {
+                match self.reconnect(lost) {
                     Ok(c) => *guard = Some(c),
                     Err(HsError::Refused(m)) => {
                         return Err(Error::Io { op, offset, source: io::Error::other(format!("{}: {m}", self.spec)) })
@@ -188,6 +205,7 @@ impl NbdDevice {
                 Err(e) => {
                     eprintln!("rgfs-nbd client: {}: {op} at {offset}: connection lost ({e}); reconnecting", self.spec);
                     *guard = None;
+                    lost = true;
                     last = e;
                 }
             }
@@ -199,7 +217,24 @@ impl NbdDevice {
         Err(Error::Io { op, offset, source: io::Error::new(last.kind(), msg) })
     }
 
-    fn reconnect(&self) -> std::result::Result<Conn, HsError> {
+    /// A free live connection if there is one, else a free empty slot (a
+    /// connection opens only when the live ones are all busy), else waits.
+    fn connection(&self) -> MutexGuard<'_, Option<Conn>> {
+        for want_live in [true, false] {
+            for slot in &self.conns {
+                if let Ok(g) = slot.try_lock() {
+                    if g.is_some() || !want_live {
+                        return g;
+                    }
+                }
+            }
+        }
+        let n = self.conns.len();
+        self.conns[self.next.fetch_add(1, Ordering::Relaxed) % n].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new connection for an empty slot; `lost`: it replaces one that failed.
+    fn reconnect(&self, lost: bool) -> std::result::Result<Conn, HsError> {
         let (stream, n) = connect(&self.url, &self.opts)?;
         if n.size != self.size {
             return Err(HsError::Refused(format!("the export is now {} bytes, was {}: not the same disk", n.size, self.size)));
@@ -207,7 +242,9 @@ impl NbdDevice {
         if self.writable && n.flags & TX_READ_ONLY != 0 {
             return Err(HsError::Refused("the export became read-only".into()));
         }
-        eprintln!("rgfs-nbd client: {}: reconnected", self.spec);
+        if lost {
+            eprintln!("rgfs-nbd client: {}: reconnected", self.spec);
+        }
         Ok(Conn { stream, cookie: 0 })
     }
 }
@@ -373,10 +410,12 @@ impl BlockDevice for NbdDevice {
 impl Drop for NbdDevice {
     fn drop(&mut self) {
         // A clean goodbye; the server needs none, so errors are ignored.
-        if let Some(conn) = self.conn.get_mut().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            let mut msg = Vec::with_capacity(REQUEST_LEN);
-            Request { flags: 0, kind: CMD_DISC, cookie: 0, offset: 0, len: 0 }.encode(&mut msg);
-            let _ = conn.stream.write_all(&msg);
+        let mut msg = Vec::with_capacity(REQUEST_LEN);
+        Request { flags: 0, kind: CMD_DISC, cookie: 0, offset: 0, len: 0 }.encode(&mut msg);
+        for slot in &mut self.conns {
+            if let Some(conn) = slot.get_mut().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                let _ = conn.stream.write_all(&msg);
+            }
         }
     }
 }

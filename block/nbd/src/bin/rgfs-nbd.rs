@@ -55,7 +55,7 @@ fn number<T: std::str::FromStr>(s: &str, flag: &str) -> Result<T, String> {
 
 fn serve(args: &[String]) -> Result<(), String> {
     let (mut exports, mut tcp, mut unix) = (Vec::<(String, String)>::new(), Vec::new(), Vec::new());
-    let (mut read_only, mut max_clients, mut limits) = (false, 16usize, Limits::default());
+    let (mut read_only, mut max_clients, mut limits) = (false, 64usize, Limits::default());
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
