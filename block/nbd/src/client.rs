@@ -28,6 +28,10 @@ use crate::url::{Address, NbdUrl};
 
 /// Connections one device opens at most (lazily, as callers overlap).
 pub const MAX_CONNECTIONS: usize = 4;
+/// How long opening an extra connection may take before the device makes
+/// do with the ones it has (qemu-nbd holds connections past `--shared`
+/// unanswered rather than refusing them).
+const EXTRA_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Tunables of the client. The defaults retry for about eight seconds.
 #[derive(Clone, Debug)]
@@ -50,6 +54,15 @@ impl Default for ClientOptions {
 enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+}
+
+impl Stream {
+    fn set_timeouts(&self, t: Duration) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(Some(t)).and_then(|()| s.set_write_timeout(Some(t))),
+            Stream::Unix(s) => s.set_read_timeout(Some(t)).and_then(|()| s.set_write_timeout(Some(t))),
+        }
+    }
 }
 
 impl Read for Stream {
@@ -111,6 +124,9 @@ pub struct NbdDevice {
     conns: Vec<Mutex<Option<Conn>>>,
     /// Which connection a caller waits for when all are busy (spreads them).
     next: AtomicUsize,
+    /// How many of `conns` are used: lowered when the server would not
+    /// give an extra connection.
+    usable: AtomicUsize,
 }
 
 impl std::fmt::Debug for NbdDevice {
@@ -133,7 +149,7 @@ impl NbdDevice {
 
     pub fn open_with(spec: &str, access: Access, opts: ClientOptions) -> Result<NbdDevice> {
         let url = NbdUrl::parse(spec).map_err(|m| open_error(spec, "bad NBD URL", m))?;
-        let (stream, n) = match connect(&url, &opts) {
+        let (stream, n) = match connect(&url, &opts, opts.io_timeout) {
             Ok(s) => s,
             Err(HsError::Io(e)) => {
                 return Err(Error::Open { path: spec.into(), what: "cannot reach the NBD server", source: e })
@@ -160,6 +176,7 @@ impl NbdDevice {
                 conns
             },
             next: AtomicUsize::new(0),
+            usable: AtomicUsize::new(MAX_CONNECTIONS),
         })
     }
 
@@ -172,7 +189,24 @@ impl NbdDevice {
     /// connection fails; `read_into` receives a READ's data.
     fn call(&self, op: &'static str, kind: u16, offset: u64, payload: &[u8], mut read_into: Option<&mut [u8]>) -> Result<()> {
         let len = read_into.as_ref().map_or(payload.len(), |b| b.len()) as u32;
-        let mut guard = self.connection();
+        let (mut slot, mut guard) = self.connection();
+        // An extra connection: if the server will not give it, make do with
+        // fewer. Ends: each failure lowers `usable` below `slot`.
+        while guard.is_none() && slot > 0 {
+            match self.reconnect(false, EXTRA_TIMEOUT) {
+                Ok(c) => *guard = Some(c),
+                Err(e) => {
+                    let why = match e {
+                        HsError::Io(e) => e.to_string(),
+                        HsError::Refused(m) => m,
+                    };
+                    self.usable.fetch_min(slot, Ordering::Relaxed);
+                    eprintln!("rgfs-nbd client: {}: staying with {slot} connection(s): no other one ({why})", self.spec);
+                    drop(guard);
+                    (slot, guard) = self.connection();
+                }
+            }
+        }
         let mut lost = false;
         let mut backoff = self.opts.first_backoff;
         let mut last = io::Error::other("no attempt made");
@@ -182,7 +216,7 @@ impl NbdDevice {
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
             if guard.is_none() {
-                match self.reconnect(lost) {
+                match self.reconnect(lost, self.opts.io_timeout) {
                     Ok(c) => *guard = Some(c),
                     Err(HsError::Refused(m)) => {
                         return Err(Error::Io { op, offset, source: io::Error::other(format!("{}: {m}", self.spec)) })
@@ -219,23 +253,24 @@ impl NbdDevice {
 
     /// A free live connection if there is one, else a free empty slot (a
     /// connection opens only when the live ones are all busy), else waits.
-    fn connection(&self) -> MutexGuard<'_, Option<Conn>> {
+    fn connection(&self) -> (usize, MutexGuard<'_, Option<Conn>>) {
+        let n = self.usable.load(Ordering::Relaxed).clamp(1, self.conns.len());
         for want_live in [true, false] {
-            for slot in &self.conns {
+            for (i, slot) in self.conns[..n].iter().enumerate() {
                 if let Ok(g) = slot.try_lock() {
                     if g.is_some() || !want_live {
-                        return g;
+                        return (i, g);
                     }
                 }
             }
         }
-        let n = self.conns.len();
-        self.conns[self.next.fetch_add(1, Ordering::Relaxed) % n].lock().unwrap_or_else(|p| p.into_inner())
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        (i, self.conns[i].lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// A new connection for an empty slot; `lost`: it replaces one that failed.
-    fn reconnect(&self, lost: bool) -> std::result::Result<Conn, HsError> {
-        let (stream, n) = connect(&self.url, &self.opts)?;
+    fn reconnect(&self, lost: bool, handshake_timeout: Duration) -> std::result::Result<Conn, HsError> {
+        let (stream, n) = connect(&self.url, &self.opts, handshake_timeout)?;
         if n.size != self.size {
             return Err(HsError::Refused(format!("the export is now {} bytes, was {}: not the same disk", n.size, self.size)));
         }
@@ -270,13 +305,15 @@ fn exchange(s: &mut Stream, req: Request, payload: &[u8], read_into: Option<&mut
     Ok(error)
 }
 
-fn connect(url: &NbdUrl, opts: &ClientOptions) -> std::result::Result<(Stream, Negotiated), HsError> {
+/// Connects and negotiates; the connect and the handshake may each take
+/// `handshake_timeout`, requests later `opts.io_timeout`.
+fn connect(url: &NbdUrl, opts: &ClientOptions, handshake_timeout: Duration) -> std::result::Result<(Stream, Negotiated), HsError> {
     let mut stream = match &url.address {
         Address::Tcp { host, port } => {
             let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host}: no address found"));
             let mut found = None;
             for addr in (host.as_str(), *port).to_socket_addrs()? {
-                match TcpStream::connect_timeout(&addr, opts.io_timeout) {
+                match TcpStream::connect_timeout(&addr, handshake_timeout) {
                     Ok(s) => {
                         found = Some(s);
                         break;
@@ -286,17 +323,14 @@ fn connect(url: &NbdUrl, opts: &ClientOptions) -> std::result::Result<(Stream, N
             }
             let s = found.ok_or(last)?;
             s.set_nodelay(true)?;
-            s.set_read_timeout(Some(opts.io_timeout))?;
-            s.set_write_timeout(Some(opts.io_timeout))?;
             Stream::Tcp(s)
         }
         Address::Unix(path) => {
             let s = UnixStream::connect(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-            s.set_read_timeout(Some(opts.io_timeout))?;
-            s.set_write_timeout(Some(opts.io_timeout))?;
             Stream::Unix(s)
         }
     };
+    stream.set_timeouts(handshake_timeout)?;
     let n = handshake(&mut stream, &url.export).map_err(|e| match e {
         HsError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => HsError::Io(io::Error::new(
             e.kind(),
@@ -304,6 +338,7 @@ fn connect(url: &NbdUrl, opts: &ClientOptions) -> std::result::Result<(Stream, N
         )),
         e => e,
     })?;
+    stream.set_timeouts(opts.io_timeout)?;
     Ok((stream, n))
 }
 
