@@ -182,33 +182,12 @@ fn one_device_used_from_several_threads_gets_several_connections() {
     let mut model = image(&file, 4 * MIB, 0);
     let served = Served::start(&["--export", &format!("disk={}", file.display())], None);
     let shared = Arc::new(NbdDevice::open(&served.url("disk"), Access::ReadWrite).unwrap());
-    let start = Arc::new(std::sync::Barrier::new(4));
-    let threads: Vec<_> = (0..4u8)
-        .map(|i| {
-            let (dev, start) = (Arc::clone(&shared), Arc::clone(&start));
-            std::thread::spawn(move || {
-                start.wait();
-                for round in 0..64usize {
-                    let off = usize::from(i) * MIB + round * 16 * 1024;
-                    dev.write_at(off as u64, &pattern(16 * 1024, i ^ round as u8)).unwrap();
-                    let mut back = vec![0u8; 16 * 1024];
-                    dev.read_at(off as u64, &mut back).unwrap();
-                    assert!(back == pattern(16 * 1024, i ^ round as u8));
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    let wrote = write_from_threads(&shared, 4, 64, 16 * 1024, MIB);
     // One flush, on whichever connection, covers the writes of all.
     shared.flush().unwrap();
     drop(shared);
-    for i in 0..4u8 {
-        for round in 0..64usize {
-            let off = usize::from(i) * MIB + round * 16 * 1024;
-            model[off..off + 16 * 1024].copy_from_slice(&pattern(16 * 1024, i ^ round as u8));
-        }
+    for (off, data) in wrote {
+        model[off..off + data.len()].copy_from_slice(&data);
     }
     assert_file(&file, &model);
     // Four threads each blocked on a reply most of the time overlap, so the

@@ -377,28 +377,10 @@ fn a_device_makes_do_when_the_server_gives_no_extra_connection() {
     let dir = scratch();
     let (served, file, mut model) = served_file(dir.path(), MIB, 0, &["--max-clients", "1"]);
     let dev = Arc::new(NbdDevice::open(&served.url("disk"), Access::ReadWrite).unwrap());
-    let start = Arc::new(std::sync::Barrier::new(4));
-    let threads: Vec<_> = (0..4usize)
-        .map(|i| {
-            let (dev, start) = (Arc::clone(&dev), Arc::clone(&start));
-            std::thread::spawn(move || {
-                start.wait();
-                for round in 0..32 {
-                    let off = i * 128 * 1024 + round * 4096;
-                    dev.write_at(off as u64, &pattern(4096, (i * 32 + round) as u8)).unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    let wrote = write_from_threads(&dev, 4, 32, 4096, 128 * 1024);
     dev.flush().unwrap();
-    for i in 0..4usize {
-        for round in 0..32 {
-            let off = i * 128 * 1024 + round * 4096;
-            model[off..off + 4096].copy_from_slice(&pattern(4096, (i * 32 + round) as u8));
-        }
+    for (off, data) in wrote {
+        model[off..off + data.len()].copy_from_slice(&data);
     }
     assert_file(&file, &model);
 }

@@ -6,6 +6,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 /// Whether a program is on PATH; prints a skip notice when it is not.
@@ -177,4 +178,36 @@ pub fn qemu_io(url: &str, cmds: &[&str]) -> (bool, String) {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let ok = out.status.success() && !text.contains("failed") && !text.contains("error");
     (ok, text)
+}
+
+/// `threads` threads, started together, each write `rounds` blocks of `len`
+/// bytes through one device (thread i in its own `region`-byte area) and
+/// read each back; returns every (offset, bytes) written, for the model.
+pub fn write_from_threads<D: rgfs_block::BlockDevice + 'static>(
+    dev: &Arc<D>,
+    threads: usize,
+    rounds: usize,
+    len: usize,
+    region: usize,
+) -> Vec<(usize, Vec<u8>)> {
+    let start = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let (dev, start) = (Arc::clone(dev), Arc::clone(&start));
+            std::thread::spawn(move || {
+                start.wait();
+                let mut wrote = Vec::new();
+                for round in 0..rounds {
+                    let (off, data) = (i * region + round * len, pattern(len, (i * rounds + round) as u8));
+                    dev.write_at(off as u64, &data).unwrap();
+                    let mut back = vec![0u8; len];
+                    dev.read_at(off as u64, &mut back).unwrap();
+                    assert!(back == data, "thread {i} read back other bytes at {off}");
+                    wrote.push((off, data));
+                }
+                wrote
+            })
+        })
+        .collect();
+    handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
 }
