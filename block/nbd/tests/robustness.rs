@@ -384,3 +384,27 @@ fn a_device_makes_do_when_the_server_gives_no_extra_connection() {
     }
     assert_file(&file, &model);
 }
+
+#[test]
+fn bad_command_lines_get_one_clear_line_and_exit_1() {
+    let bin = env!("CARGO_BIN_EXE_rgfs-nbd");
+    let dir = scratch();
+    let img = dir.path().join("d.img");
+    image(&img, 4096, 0);
+    let d = format!("d={}", img.display());
+    for (args, want) in [
+        (&["serve"][..], "need at least one --export"),
+        (&["serve", "--export", "disk", "--listen", "127.0.0.1:0"], "expected NAME=DEVICE"),
+        (&["serve", "--export", "d=/nonexistent/x.img", "--listen", "127.0.0.1:0"], "/nonexistent/x.img: cannot access"),
+        (&["serve", "--export", &d, "--export", &d, "--listen", "127.0.0.1:0"], "given twice"),
+        (&["serve", "--export", &d, "--listen", "nowhere"], "--listen nowhere"),
+        (&["serve", "--export", &d, "--listen", "127.0.0.1:0", "--max-request", "10"], "at least 4096"),
+        (&["serve", "--bogus"], "unknown argument --bogus"),
+        (&["bench", "nbds://h/e"], "TLS"),
+    ] {
+        let out = std::process::Command::new(bin).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.starts_with("rgfs-nbd: ") && err.contains(want), "{args:?}: {err}");
+    }
+}
