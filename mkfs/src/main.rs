@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use rgfs_block::{claim, Access, BlockDevice, FileDevice};
+use rgfs_block::{claim, Access, BlockDevice};
 use rgfs_mkfs::options::{parse_uuid, LockProto, MkfsOptions};
 use rgfs_mkfs::{prepare, probe, write, Error, Summary};
 
@@ -157,11 +157,17 @@ fn print_summary(path: &std::path::Path, device_bytes: u64, s: &Summary) {
 fn run(cli: Cli) -> Result<(), Failure> {
     let opts = options(&cli)?;
     let path = &cli.device;
-    let dev = FileDevice::open(path, Access::ReadWrite).map_err(Error::from)?;
+    let dev = rgfs_nbd::open_device(path, Access::ReadWrite).map_err(Error::from)?;
     // Refused while the volume is mounted or claimed, -O or not; waits for
     // a server still writing back after an unmount. Held until mkfs exits.
-    let _claim = claim::claim(path, claim::Kind::Exclusive, claim::PATIENCE, &mut |m| eprintln!("{NAME}: {m}"))
-        .map_err(|e| Failure::refused(e.to_string()))?;
+    // An NBD export is claimed by its server (rgfs-nbd), not here.
+    let _claim = match path.to_str().is_some_and(rgfs_nbd::is_nbd_url) {
+        true => None,
+        false => Some(
+            claim::claim(path, claim::Kind::Exclusive, claim::PATIENCE, &mut |m| eprintln!("{NAME}: {m}"))
+                .map_err(|e| Failure::refused(e.to_string()))?,
+        ),
+    };
     let prepared = prepare(dev.size(), &opts)?;
 
     let existing = probe::existing_content(&dev)?;

@@ -18,7 +18,7 @@ use rgfs::cli::log::{self, Target};
 use rgfs::fuse::{FuseFs, FuseNotifier};
 use rgfs::glock::{Fs, NoLock};
 use rgfs::mount::{mount, utab, MountOptions};
-use rgfs_block::{claim, Access, FileDevice};
+use rgfs_block::{claim, Access};
 
 const NAME: &str = "mount.rgfs";
 
@@ -92,7 +92,12 @@ fn parse_args(cli: &Cli) -> Result<Args, String> {
     let threads = std::env::var("RGFS_FUSE_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
     // The absolute path, symlinks resolved: mountinfo shows it as the
     // source, and fsck.rgfs finds the mount by it whatever the directory.
-    let device = std::fs::canonicalize(&device).map_err(|e| format!("{}: {e}", device.display()))?;
+    // An NBD URL is kept as written.
+    let device = if device.to_str().is_some_and(rgfs_nbd::is_nbd_url) {
+        device
+    } else {
+        std::fs::canonicalize(&device).map_err(|e| format!("{}: {e}", device.display()))?
+    };
     Ok(Args { device, mountpoint, opts, foreground: cli.foreground, threads })
 }
 
@@ -127,9 +132,9 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
     // A read-only mount still opens the device for writing when it can, so
     // a dirty journal can be replayed (as the kernel does); the mount
     // itself never writes otherwise.
-    let dev = match FileDevice::open(&args.device, Access::ReadWrite) {
+    let dev = match rgfs_nbd::open_device(&args.device, Access::ReadWrite) {
         Ok(d) => d,
-        Err(_) if args.opts.read_only => FileDevice::open(&args.device, Access::ReadOnly).map_err(|e| e.to_string())?,
+        Err(_) if args.opts.read_only => rgfs_nbd::open_device(&args.device, Access::ReadOnly).map_err(|e| e.to_string())?,
         Err(e) => return Err(e.to_string()),
     };
     let (core, report) = mount(Arc::new(dev), &args.opts).map_err(|e| format!("{}: {e}", args.device.display()))?;
@@ -216,8 +221,13 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
 /// mount today is exclusive (lock_nolock, or lock_dlm mounted with
 /// lockproto=lock_nolock); cluster mounts will take `Kind::Shared`. Waits
 /// for a server still writing back after an unmount; refuses a mounted one.
-fn claim_device(device: &std::path::Path) -> Result<claim::Claim, String> {
+/// An NBD export is claimed by its server (rgfs-nbd), not here: `None`.
+fn claim_device(device: &std::path::Path) -> Result<Option<claim::Claim>, String> {
+    if device.to_str().is_some_and(rgfs_nbd::is_nbd_url) {
+        return Ok(None);
+    }
     claim::claim(device, claim::Kind::Exclusive, claim::PATIENCE, &mut |m| eprintln!("mount.rgfs: {m}"))
+        .map(Some)
         .map_err(|e| e.to_string())
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use rgfs_block::claim::{self, Claim, ClaimError, Kind};
-use rgfs_block::{Access, FileDevice};
+use rgfs_block::Access;
 use rgfs_fsck::{check_asking, Answer, Asker, ExitCode, Mode, Options};
 
 #[derive(Parser, Debug)]
@@ -79,7 +79,7 @@ fn main() {
     };
     let _claim = claim_for(&cli.device, mode);
     let access = if mode.writes() { Access::ReadWrite } else { Access::ReadOnly };
-    let dev = match FileDevice::open(&cli.device, access) {
+    let dev = match rgfs_nbd::open_device(&cli.device, access) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("fsck.rgfs: {e}");
