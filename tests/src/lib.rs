@@ -93,6 +93,26 @@ fn is_mounted(dir: &Path) -> bool {
     mounts.lines().any(|l| l.split(' ').nth(4) == Some(&d))
 }
 
+/// `umount DIR`, retried for a while when the mount is busy: the kernel
+/// sends FUSE's RELEASE of a just-closed file asynchronously, and until the
+/// server has answered it the mount counts as busy. Returns umount's
+/// success.
+pub fn umount(dir: &Path) -> bool {
+    let start = Instant::now();
+    loop {
+        let out = Command::new("umount").arg(dir).output().expect("run umount");
+        if out.status.success() {
+            return true;
+        }
+        let busy = String::from_utf8_lossy(&out.stderr).contains("busy");
+        if !busy || start.elapsed() > Duration::from_secs(20) {
+            eprintln!("umount {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Unmounts (lazily) on drop a mount made by a daemon-mode mount.rgfs
 /// (one the test does not own as a child) that a failed test left behind.
 pub struct Unmount(pub PathBuf);

@@ -113,7 +113,7 @@ fn mount8_flags_are_accepted_and_noatime_shows_in_mountinfo() {
     assert!(per_mount.split(',').any(|o| o == "noatime"), "{line}");
     assert!(line.contains(" - fuse.rgfs "), "{line}");
     fs::write(mnt.join("f"), b"x").unwrap();
-    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    assert!(rgfs_tests::umount(&mnt));
     wait_for_clean(&img);
 }
 
@@ -160,7 +160,7 @@ fn foreground_logs_go_to_stderr_and_v_adds_debug() {
             std::thread::sleep(Duration::from_millis(20));
         }
         fs::write(mnt.join("f"), b"x").unwrap();
-        assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+        assert!(rgfs_tests::umount(&mnt));
         let st = wait_child(&mut child);
         assert!(st.success());
         let l = fs::read_to_string(&log).unwrap();
@@ -212,7 +212,7 @@ fn a_detached_server_logs_to_syslog() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     fs::write(mnt.join("f"), b"x").unwrap();
-    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    assert!(rgfs_tests::umount(&mnt));
     let mut got = Vec::new();
     let start = Instant::now();
     let mut buf = [0u8; 4096];
@@ -266,10 +266,12 @@ fn dash_n_mounts_in_the_namespace_it_names() {
     let in_theirs = theirs.lines().any(|l| l.split(' ').nth(4) == Some(&d));
     let in_ours = mountinfo_line(&mnt).is_some();
     let nsenter = |args: &[&str]| Command::new("nsenter").args(["-t", &pid, "-m"]).args(args).status().unwrap();
-    let wrote = nsenter(&["touch", &format!("{d}/f")]).success();
+    // (No file is opened there: a FUSE release in flight would make the
+    // mount busy for a moment.)
+    let listed = nsenter(&["ls", &d]).success();
     let unmounted = nsenter(&["umount", &d]).success();
     assert!(in_theirs && !in_ours, "mounted in the namespace -N named, not in ours");
-    assert!(wrote && unmounted);
+    assert!(listed && unmounted);
     wait_for_clean(&img);
     drop(holder);
 }
