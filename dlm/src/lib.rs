@@ -5,6 +5,7 @@ pub mod cluster;
 
 pub mod engine;
 pub mod error_line;
+pub mod usage;
 pub mod proto;
 pub mod procfs;
 pub mod client;

@@ -166,7 +166,11 @@ fn out_of_range_numbers_are_usage_errors() {
         let output = run(Command::new(binary).args(no_config).args(*args).stdout(Stdio::piped()).stderr(Stdio::piped()));
         let message = stderr(&output);
         assert_eq!(output.status.code(), Some(2), "{binary} {args:?}: {output:?}");
-        assert!(message.starts_with("error: ") && message.contains(option), "{binary} {args:?}: {message}");
+        let tool = Path::new(binary).file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            message.starts_with(&format!("{tool}: ")) && message.contains(option) && message.trim_end().lines().count() == 1,
+            "{binary} {args:?}: {message}"
+        );
     }
 }
 

@@ -86,8 +86,11 @@ fn other_node_writes(image: &std::path::Path, name: &str, data: &[u8]) {
 #[test]
 fn a_blocking_callback_demotes_and_invalidates_the_kernel_cache() {
     require_gfs2_utils!();
-    if !std::path::Path::new("/dev/fuse").exists() || !common::have("fusermount3") {
-        eprintln!("SKIPPED: needs /dev/fuse and fusermount3");
+    if !std::path::Path::new("/dev/fuse").exists() {
+        common::missing("/dev/fuse");
+        return;
+    }
+    if !common::require("fusermount3") {
         return;
     }
     let tmp = common::scratch();

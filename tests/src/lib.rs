@@ -8,13 +8,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod oracle;
-pub use oracle::{fsck, have};
+pub use oracle::{fsck, have, missing, require};
 
 /// Whether real FUSE mounts can run here; prints why not.
 pub fn fuse_available() -> bool {
     let ok = Path::new("/dev/fuse").exists() && have("fusermount3") && have("mkfs.gfs2") && have("fsck.gfs2");
     if !ok {
-        eprintln!("SKIPPED: needs /dev/fuse, fusermount3 and gfs2-utils (mkfs.gfs2, fsck.gfs2)");
+        missing("/dev/fuse, fusermount3 or gfs2-utils (mkfs.gfs2, fsck.gfs2)");
     }
     ok
 }

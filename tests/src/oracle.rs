@@ -1,6 +1,7 @@
-//! The external oracles, shared by every test crate (the filesystem's own
-//! integration tests include this file by path): whether a tool exists, and
-//! `fsck.gfs2 -n` treating any complaint as a failure.
+//! The external oracles, shared by every test crate (the other crates'
+//! integration tests include this file by path): whether a tool exists, what
+//! a test does when one is missing, and `fsck.gfs2 -n` treating any
+//! complaint as a failure.
 
 use std::path::Path;
 use std::process::Command;
@@ -8,6 +9,30 @@ use std::process::Command;
 /// Whether a program is on PATH.
 pub fn have(prog: &str) -> bool {
     Command::new("sh").arg("-c").arg(format!("command -v {prog}")).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// Set (to anything but `0`) by `.ci/run`: a missing oracle or FUSE fails
+/// the test instead of skipping it, so a CI machine that lacks one cannot
+/// pass by running nothing.
+pub const REQUIRE_ORACLES: &str = "RGFS_REQUIRE_ORACLES";
+
+/// Called by a test that cannot run because `what` is missing: skips it
+/// with a notice on a developer's machine, panics in CI.
+pub fn missing(what: &str) {
+    if std::env::var(REQUIRE_ORACLES).is_ok_and(|v| v != "0") {
+        panic!("{what} missing, and {REQUIRE_ORACLES} is set: install it (.ci/run does)");
+    }
+    eprintln!("SKIPPED: {what} missing");
+}
+
+/// Whether `prog` is on PATH; when it is not, [`missing`] decides between
+/// skipping and failing. For a test's "can I run?" condition.
+pub fn require(prog: &str) -> bool {
+    let ok = have(prog);
+    if !ok {
+        missing(prog);
+    }
+    ok
 }
 
 /// Runs `fsck.gfs2 -n`; Err(output) on a non-zero exit or any line that

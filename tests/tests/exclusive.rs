@@ -169,7 +169,7 @@ impl Drop for Loop {
 fn a_loop_device_and_its_image_are_one_volume() {
     let Some((tmp, image)) = volume(256) else { return };
     let Some(lo) = Loop::new(&image) else {
-        eprintln!("SKIPPED: cannot create a loop device here (losetup -f failed)");
+        rgfs_tests::missing("a loop device (losetup -f failed)");
         return;
     };
     let dev = PathBuf::from(&lo.0);
@@ -387,8 +387,7 @@ fn tools_wait_for_a_server_still_writing_back() {
 #[test]
 fn umount_runs_the_helper_and_returns_once_written_back() {
     let Some((tmp, image)) = volume(512) else { return };
-    if !rgfs_tests::have("unshare") {
-        eprintln!("SKIPPED: needs unshare(1)");
+    if !rgfs_tests::require("unshare") {
         return;
     }
     let sbin_dir = std::fs::canonicalize("/sbin").unwrap();
@@ -422,10 +421,10 @@ umount -v {dir}
     }
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), text(&out));
     if out.status.code() == Some(77) {
-        eprintln!(
-            "SKIPPED: cannot mount over {} and /run/mount in a private mount namespace: {said}",
+        rgfs_tests::missing(&format!(
+            "a private mount namespace where {} and /run/mount can be mounted over ({said})",
             sbin_dir.display()
-        );
+        ));
         return;
     }
     assert!(out.status.success(), "{said}");

@@ -527,7 +527,7 @@ fn kill_9_mid_workload_then_remount_replays_and_keeps_fsynced_data() {
 
 #[test]
 fn files_get_the_callers_uid_and_gid_and_the_kernel_checks_permissions() {
-    if !fuse_available() || !rgfs_tests::have("setpriv") {
+    if !fuse_available() || !rgfs_tests::require("setpriv") {
         return;
     }
     let tmp = scratch();
@@ -576,7 +576,7 @@ fn set_xattr(path: &Path, name: &str, v: &[u8]) -> i32 {
 
 #[test]
 fn posix_acls_are_enforced_inherited_and_kept_in_step_with_the_mode() {
-    if !fuse_available() || !rgfs_tests::have("setpriv") {
+    if !fuse_available() || !rgfs_tests::require("setpriv") {
         return;
     }
     let tmp = scratch();

@@ -233,7 +233,7 @@ fn a_detached_server_logs_to_syslog() {
 /// mount namespace, not in the caller's.
 #[test]
 fn dash_n_mounts_in_the_namespace_it_names() {
-    if !fuse_available() || !rgfs_tests::have("unshare") || !rgfs_tests::have("nsenter") {
+    if !fuse_available() || !rgfs_tests::require("unshare") || !rgfs_tests::require("nsenter") {
         return;
     }
     let tmp = scratch();

@@ -61,8 +61,7 @@ fn run(cmd: &mut Command) -> String {
 
 #[test]
 fn mkfs_fsck_and_mount_through_nbd() {
-    if !rgfs_tests::have("fsck.gfs2") {
-        eprintln!("SKIPPED: needs fsck.gfs2");
+    if !rgfs_tests::require("fsck.gfs2") {
         return;
     }
     let dir = scratch();

@@ -171,7 +171,7 @@ fn quickstart_destroys_nothing_without_asking() {
 /// are left alone.
 #[test]
 fn fstab_types_mount_find_and_unmount_as_documented() {
-    if !fuse_available() || !rgfs_tests::have("unshare") || !rgfs_tests::have("findmnt") {
+    if !fuse_available() || !rgfs_tests::require("unshare") || !rgfs_tests::require("findmnt") {
         return;
     }
     let tmp = scratch();

@@ -208,6 +208,24 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// A TOML error on one short line: where, then the first line of what
+/// (toml's Display quotes the offending line, which for a binary file can be
+/// megabytes).
+fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
+    const MAX_CHARS: usize = 160;
+    let what: String = e.message().lines().next().unwrap_or("invalid TOML").chars().take(MAX_CHARS).collect();
+    let Some(before) = e.span().and_then(|s| text.get(..s.start)) else { return what };
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - start + 1;
+    // The line itself names the key; shown when it is short printable text.
+    let shown = text[start..].lines().next().unwrap_or("").trim();
+    if shown.is_empty() || shown.chars().count() > 60 || shown.chars().any(char::is_control) {
+        return format!("line {line}, column {column}: {what}");
+    }
+    format!("line {line}, column {column} ({shown}): {what}")
+}
+
 impl Config {
     /// Reads and checks a configuration file; `key_file` comes back absolute.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -226,7 +244,7 @@ impl Config {
     /// Parses and checks configuration text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let config: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })?;
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: toml_error_line(text, &e) })?;
         config.validate()?;
         Ok(config)
     }

@@ -12,14 +12,14 @@ use rgfs_block::BlockDevice;
 
 #[path = "../../../tests/src/oracle.rs"]
 mod oracle;
-pub use oracle::have;
+#[allow(unused_imports)] // each test crate uses some of them
+pub use oracle::{have, missing, require};
 
 /// Skips the calling test (with a printed notice) when gfs2-utils are missing.
 #[macro_export]
 macro_rules! require_gfs2_utils {
     () => {
-        if !common::have("mkfs.gfs2") || !common::have("fsck.gfs2") {
-            eprintln!("SKIPPED: gfs2-utils (mkfs.gfs2, fsck.gfs2) not installed");
+        if !common::require("mkfs.gfs2") || !common::require("fsck.gfs2") {
             return;
         }
     };

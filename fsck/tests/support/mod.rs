@@ -28,6 +28,10 @@ use rgfs_fsck::volume::Volume;
 use rgfs_fsck::{check, ExitCode, Mode, Options};
 use zerocopy::FromBytes;
 
+#[path = "../../../tests/src/oracle.rs"]
+#[allow(dead_code)]
+mod oracle;
+
 pub const IMAGE_BYTES: u64 = 160 << 20;
 
 /// Whether gfs2-utils are installed; prints a notice once when not.
@@ -36,7 +40,7 @@ pub fn have_gfs2_utils() -> bool {
     *HAVE.get_or_init(|| {
         let ok = Command::new("mkfs.gfs2").arg("-V").output().is_ok() && Command::new("fsck.gfs2").arg("-V").output().is_ok();
         if !ok {
-            eprintln!("NOTICE: gfs2-utils (mkfs.gfs2, fsck.gfs2) not installed: skipping the tests that need them");
+            oracle::missing("gfs2-utils (mkfs.gfs2, fsck.gfs2)");
         }
         ok
     })

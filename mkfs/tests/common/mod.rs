@@ -17,6 +17,10 @@ use rgfs::format::meta::{pointer_at, META_HEADER_SIZE};
 use rgfs::format::rgrp::RINDEX_SIZE;
 use rgfs::format::OnDisk;
 
+#[path = "../../../tests/src/oracle.rs"]
+#[allow(dead_code)]
+mod oracle;
+
 pub const MKFS_RGFS: &str = env!("CARGO_BIN_EXE_mkfs-rgfs");
 
 /// Whether the gfs2-utils oracles are installed; prints a notice if not.
@@ -25,7 +29,7 @@ pub fn have_gfs2_utils(test: &str) -> bool {
         .iter()
         .all(|tool| Command::new(tool).arg("-V").output().is_ok());
     if !ok {
-        eprintln!("NOTICE: {test} skipped: gfs2-utils (mkfs.gfs2, fsck.gfs2, tunegfs2, gfs2_edit) not installed");
+        oracle::missing(&format!("gfs2-utils (mkfs.gfs2, fsck.gfs2, tunegfs2, gfs2_edit), needed by {test},"));
     }
     ok
 }

@@ -91,12 +91,12 @@ fn serve(args: &[String]) -> Result<(), String> {
     // (a read-only export is a shared claim). Held until the process exits.
     let mut claims = Vec::new();
     for (name, path) in exports {
+        let device: Arc<dyn BlockDevice> = rgfs_nbd::open_device(&path, access).map_err(|e| e.to_string())?.into();
         if !rgfs_nbd::is_nbd_url(&path) {
             let kind = if read_only { claim::Kind::Shared } else { claim::Kind::Exclusive };
             let c = claim::claim(Path::new(&path), kind, claim::PATIENCE, &mut |m| log(m)).map_err(|e| e.to_string())?;
             claims.push(c);
         }
-        let device: Arc<dyn BlockDevice> = rgfs_nbd::open_device(&path, access).map_err(|e| e.to_string())?.into();
         log(&format!("export {name:?}: {path} ({} bytes{})", device.size(), if read_only { ", read-only" } else { "" }));
         opened.push(Export { name, device, read_only });
     }

@@ -9,14 +9,13 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-/// Whether a program is on PATH; prints a skip notice when it is not.
-pub fn have(prog: &str) -> bool {
-    let ok = Command::new("sh").arg("-c").arg(format!("command -v {prog}")).output().is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("SKIPPED: {prog} is not installed");
-    }
-    ok
-}
+#[path = "../../../../tests/src/oracle.rs"]
+#[allow(dead_code)]
+mod oracle;
+
+/// Whether a program is on PATH; skips (or, in CI, fails) when it is not.
+#[allow(unused_imports)] // not every test file needs it
+pub use oracle::require as have;
 
 pub fn scratch() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("rgfs-nbd-test").tempdir().expect("temp dir")
