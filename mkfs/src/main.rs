@@ -217,18 +217,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            // --help, --version
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("{NAME}: {} (try -h for help)", rgfs::cli::usage_error(&e));
-            return ExitCode::from(255);
-        }
-    };
+    let cli: Cli = rgfs::cli::parse_or_exit(NAME, 255, "try -h for help");
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {

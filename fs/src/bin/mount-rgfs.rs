@@ -290,18 +290,7 @@ fn block_signals() {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            // --help, --version (stdout may be a closed pipe: ignore that).
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("{NAME}: {} (try --help)", rgfs::cli::usage_error(&e));
-            return ExitCode::from(1);
-        }
-    };
+    let cli: Cli = rgfs::cli::parse_or_exit(NAME, 1, "try --help");
     let args = match parse_args(&cli) {
         Ok(a) => a,
         Err(e) => {

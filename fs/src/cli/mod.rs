@@ -5,6 +5,20 @@
 pub mod log;
 pub mod out;
 
+/// Parses the process's arguments for `tool`, or exits: 0 after `--help`
+/// or `--version` (printed to stdout, which may be a closed pipe), else
+/// `usage_exit` with one line `TOOL: what is wrong (HINT)` on stderr.
+pub fn parse_or_exit<T: clap::Parser>(tool: &str, usage_exit: i32, hint: &str) -> T {
+    T::try_parse().unwrap_or_else(|e| {
+        if !e.use_stderr() {
+            let _ = e.print();
+            std::process::exit(0);
+        }
+        eprintln!("{tool}: {} ({hint})", usage_error(&e));
+        std::process::exit(usage_exit)
+    })
+}
+
 /// A clap usage error as one line, for `TOOL: LINE`: clap's message
 /// without its "error: " prefix and usage footer, and with the list that
 /// follows "the following required arguments were not provided:" (the

@@ -43,19 +43,7 @@ struct Cli {
 }
 
 fn main() {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                // stdout may be a closed pipe: ignore that.
-                let _ = e.print();
-                std::process::exit(0);
-            }
-            eprintln!("fsck.rgfs: {} (try --help)", rgfs::cli::usage_error(&e));
-            std::process::exit(ExitCode::Usage as i32);
-        }
-    };
+    let cli: Cli = rgfs::cli::parse_or_exit("fsck.rgfs", ExitCode::Usage as i32, "try --help");
     let modes = [cli.no, cli.yes, cli.preen || cli.auto]
         .iter()
         .filter(|&&m| m)
