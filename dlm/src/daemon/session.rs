@@ -208,6 +208,7 @@ impl Session {
                 .map(|n| pb::Member { node_id: n.id, name: n.name.clone(), weight: n.weight })
                 .collect(),
             session_id,
+            incarnation: daemon.incarnation,
         };
         self.outbox.push_back(server_message(pb::server_message::Kind::Welcome(welcome)));
     }
