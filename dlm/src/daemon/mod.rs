@@ -328,6 +328,12 @@ impl Daemon {
         None
     }
 
+    /// Whether recovery is going on, and the peers it waits for.
+    pub fn recovery_state(&self) -> (bool, Vec<u32>) {
+        let recovery = self.recovery.lock();
+        (self.recovering.load(Ordering::Acquire), recovery.awaiting.iter().copied().collect())
+    }
+
     /// Whether this daemon still waits for peer `node`'s rebuild.
     pub fn awaits_rebuild_from(&self, node: u32) -> bool {
         self.recovering.load(Ordering::Acquire) && self.recovery.lock().awaiting.contains(&node)

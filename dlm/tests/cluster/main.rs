@@ -402,6 +402,15 @@ async fn a_restarted_master_rebuilds_the_locks_its_peers_hold(transport: Transpo
     let completion = within("node 3's lock after A's unlock", pending).await.unwrap();
     assert_eq!((completion.status, completion.mode), (Status::Granted, Some(Mode::EX)));
     assert!(cluster.log(1).contains("node restarted (new incarnation)"), "{}", cluster.log(1));
+    let status = within("node 2's status", cluster.admin(2).await.status()).await.unwrap();
+    assert!(!status.recovering && status.awaiting_rebuild.is_empty(), "{status:?}");
+    let output = tokio::task::spawn_blocking({
+        let mut command = cluster.cli(2);
+        command.arg("status");
+        move || command.output().unwrap()
+    });
+    let text = String::from_utf8(within("rgfs-dlm status", output).await.unwrap().stdout).unwrap();
+    assert!(text.contains(" recovery done"), "{text}");
 }
 
 /// R2 Cancel through the library: a waiting request completes with `Cancelled`
