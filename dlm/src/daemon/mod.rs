@@ -33,7 +33,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::cluster::auth::ClusterKey;
 use crate::cluster::config::Config;
 use crate::cluster::mastering::{Member, Membership};
-use crate::engine::{Input, Limits, LockId, Lvb, Mode, Flags, ResourceName};
+use crate::engine::{lvb_action, Flags, Input, Limits, LockId, Lvb, LvbAction, LvbRead, Mode, ResourceName};
 use crate::proto::{self as pb, codes, failed_event, op_error_code, WireError};
 
 pub use lockspace::{Counters, Holder, LsState};
@@ -272,6 +272,13 @@ impl Daemon {
     pub fn submit(&self, ls: &Lockspace, state: &mut LsState, local: u64, op: HolderOp) {
         let Some(holder) = state.holders.get(&local).copied() else { return };
         let lock = LockId { node: self.node_id, lock: local };
+        if let HolderOp::Convert { mode, flags, lvb } = op {
+            // Remember what this conversion writes, so the holder's LVB copy stays current.
+            if flags.intersects(Flags::VALBLK | Flags::IVVALBLK) && lvb_action(holder.granted, Some(mode)) == LvbAction::Write {
+                let write = if flags.contains(Flags::IVVALBLK) { None } else { lvb };
+                state.holders.get_mut(&local).expect("just read").writing = Some(write);
+            }
+        }
         if holder.master == self.node_id {
             let (kind, input) = (op.kind(), op.input(lock, holder.name));
             if self.recovering.load(Ordering::Acquire) {
@@ -453,7 +460,9 @@ impl Daemon {
             let installed = self.lockspace(&lock.lockspace, lock.lvb_len).and_then(|ls| {
                 let name = crate::proto::check_name(&lock.name).map_err(|e| e.detail)?;
                 let mode = crate::proto::check_mode(lock.mode).map_err(|e| e.detail)?;
-                let input = Input::Rebuild { lock: LockId { node: from, lock: lock.lock_id }, name, mode };
+                let value = crate::proto::check_lvb(&lock.lvb, ls.lvb_len).map_err(|e| e.detail)?;
+                let lvb = value.filter(|_| lock.has_lvb).map(|value| LvbRead { value, seq: lock.lvb_seq, valid: lock.lvb_valid });
+                let input = Input::Rebuild { lock: LockId { node: from, lock: lock.lock_id }, name, mode, lvb };
                 ls.state.lock().engine.apply(input, &mut Vec::new()).map_err(|e| e.to_string())
             });
             if let Err(error) = installed {
@@ -473,7 +482,13 @@ impl Daemon {
             for (local, holder) in state.holders.iter().filter(|(_, h)| h.master == master) {
                 let Some(mode) = holder.granted else { continue };
                 let (lockspace, lvb_len, name) = (ls.name.clone(), ls.lvb_len, holder.name.as_bytes().to_vec());
-                locks.push(pb::RebuildLock { lockspace, lvb_len, lock_id: *local, name, mode: mode as i32 });
+                let lvb = holder.lvb.filter(|_| mode > Mode::CR);
+                let mut copy = pb::RebuildLock { lockspace, lvb_len, lock_id: *local, name, mode: mode as i32, ..Default::default() };
+                if let Some(read) = lvb {
+                    (copy.has_lvb, copy.lvb_seq, copy.lvb_valid) = (true, read.seq, read.valid);
+                    copy.lvb = read.value.0[..lvb_len as usize].to_vec();
+                }
+                locks.push(copy);
             }
         }
         locks

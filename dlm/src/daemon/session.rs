@@ -244,6 +244,8 @@ fn handle_op(daemon: &Daemon, joined: &mut Joined, op: pb::Op) -> Result<(), OpF
                 master: daemon.membership.master_of(name.as_bytes()),
                 granted: None,
                 pending: Some(pb::OpKind::OpRequest),
+                lvb: None,
+                writing: None,
             };
             let mut state = ls.state.lock();
             state.counters.requests += 1;

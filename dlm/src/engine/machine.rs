@@ -68,8 +68,9 @@ pub enum Input {
     /// Recovery on a restarted master: install `lock`, which its holder says is granted
     /// in `mode`. Refused unless `mode` is compatible with every granted mode and nothing
     /// is queued on the resource (a rebuild comes before any other input). No outputs.
-    /// A resource created by a rebuild has an invalid LVB: no holder vouches for its value.
-    Rebuild { lock: LockId, name: ResourceName, mode: Mode },
+    /// `lvb` is the LVB as the holder knows it (it holds above CR, so nobody wrote it since):
+    /// the resource takes the newest one vouched for; with none it stays invalid.
+    Rebuild { lock: LockId, name: ResourceName, mode: Mode, lvb: Option<LvbRead> },
 }
 
 /// Outcome of an operation, reported by its completion.
@@ -282,8 +283,8 @@ impl Engine {
             Input::Unlock { lock, flags, lvb } => self.unlock(lock, flags, lvb, out)?,
             Input::Cancel { lock } => self.cancel(lock, out)?,
             Input::Purge { lock } => self.purge(lock, out)?,
-            Input::Rebuild { lock, name, mode } => {
-                self.rebuild(lock, name, mode)?;
+            Input::Rebuild { lock, name, mode, lvb } => {
+                self.rebuild(lock, name, mode, lvb)?;
                 return Ok(());
             }
         };
@@ -359,7 +360,7 @@ impl Engine {
         }
     }
 
-    fn rebuild(&mut self, id: LockId, name: ResourceName, mode: Mode) -> Result<(), OpError> {
+    fn rebuild(&mut self, id: LockId, name: ResourceName, mode: Mode, lvb: Option<LvbRead>) -> Result<(), OpError> {
         self.check_room(id, &name)?;
         if let Some(res) = self.resources.get(&name) {
             if !res.converting.is_empty() || !res.waiting.is_empty() {
@@ -370,6 +371,9 @@ impl Engine {
             }
         }
         let res = self.resources.entry(name).or_insert_with(|| Resource { lvb_valid: false, ..Resource::new() });
+        if let Some(read) = lvb.filter(|read| !res.lvb_valid || read.seq > res.lvb_seq) {
+            (res.lvb, res.lvb_seq, res.lvb_valid) = (read.value, read.seq, read.valid);
+        }
         res.granted.push(id);
         let lock = Lock {
             name,
@@ -866,7 +870,7 @@ mod rebuild_tests {
 
     fn rebuild(engine: &mut Engine, lock: LockId, name: &[u8], mode: Mode) -> Result<Vec<Output>, OpError> {
         let mut out = Vec::new();
-        engine.apply(Input::Rebuild { lock, name: ResourceName::new(name).unwrap(), mode }, &mut out)?;
+        engine.apply(Input::Rebuild { lock, name: ResourceName::new(name).unwrap(), mode, lvb: None }, &mut out)?;
         engine.check_invariants().unwrap();
         Ok(out)
     }
@@ -907,6 +911,23 @@ mod rebuild_tests {
         let name = ResourceName::new(b"r").unwrap();
         apply(&mut engine, Input::Request { lock: id(2, 1), name, mode: Mode::EX, flags: Flags::NONE });
         assert!(matches!(rebuild(&mut engine, id(2, 2), b"r", Mode::NL), Err(OpError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_rebuilt_resource_takes_the_newest_lvb_vouched_for() {
+        let mut engine = Engine::new(Limits::default());
+        let name = ResourceName::new(b"r").unwrap();
+        let read = |byte: u8, seq: u32| Some(LvbRead { value: Lvb([byte; 32]), seq, valid: true });
+        let mut out = Vec::new();
+        engine.apply(Input::Rebuild { lock: id(1, 1), name, mode: Mode::PR, lvb: None }, &mut out).unwrap();
+        assert!(!engine.resource(&name).unwrap().lvb.valid);
+        engine.apply(Input::Rebuild { lock: id(2, 1), name, mode: Mode::PR, lvb: read(7, 4) }, &mut out).unwrap();
+        engine.apply(Input::Rebuild { lock: id(3, 1), name, mode: Mode::PR, lvb: read(6, 3) }, &mut out).unwrap();
+        assert_eq!(engine.resource(&name).unwrap().lvb, read(7, 4).unwrap());
+        engine.check_invariants().unwrap();
+        // A reader gets it as the holders knew it.
+        let out = apply(&mut engine, Input::Request { lock: id(3, 2), name, mode: Mode::CR, flags: Flags::VALBLK });
+        assert!(matches!(out[..], [Output::Completion(Completion { lvb: Some(l), .. })] if l == read(7, 4).unwrap()), "{out:?}");
     }
 
     #[test]

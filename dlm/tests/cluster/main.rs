@@ -372,6 +372,12 @@ async fn a_restarted_master_rebuilds_the_locks_its_peers_hold(transport: Transpo
     let name = (0..).map(|i| format!("r{i}").into_bytes()).find(|n| a.master_of(n) == 2).unwrap();
     let (held, granted) = within("A's lock", a.lock(&name, Mode::EX, Flags::NONE)).await.unwrap();
     assert_eq!(granted.status, Status::Granted);
+    // A second lock of A, kept at PR after writing the LVB: the rebuild carries the value.
+    let lvb_name = (0..).map(|i| format!("lvb{i}").into_bytes()).find(|n| a.master_of(n) == 2).unwrap();
+    let (with_lvb, _) = within("A's LVB lock", a.lock(&lvb_name, Mode::EX, Flags::VALBLK)).await.unwrap();
+    let value = [0x5a; 32];
+    let written = within("A's LVB write", a.convert(with_lvb, Mode::PR, Flags::VALBLK, Some(&value[..])).unwrap()).await.unwrap();
+    assert_eq!(written.status, Status::Granted);
     cluster.kill_node(2);
     wait_for_link(&cluster, 1, 2, false).await;
     wait_for_link(&cluster, 3, 2, false).await;
@@ -391,6 +397,9 @@ async fn a_restarted_master_rebuilds_the_locks_its_peers_hold(transport: Transpo
 
     // A's lock is still held where it is mastered: a waiter from node 3 makes node 2 call A back.
     let (waiter, _) = cluster.join(3, "restart").await;
+    let (_, read) = within("a PR reader of the LVB", waiter.lock(&lvb_name, Mode::PR, Flags::VALBLK)).await.unwrap();
+    let lvb = read.lvb.clone().expect("VALBLK returns the LVB");
+    assert_eq!((lvb.bytes.as_slice(), lvb.seq, lvb.valid), (&value[..], 1, true), "{read:?}");
     let pending = waiter.request(&name, Mode::EX, Flags::NONE).unwrap();
     let blocking = within("the blocking callback to A", a_blocking.recv()).await.unwrap();
     assert_eq!((blocking.lock, blocking.mode), (held, Mode::EX));
