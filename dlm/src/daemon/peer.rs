@@ -284,18 +284,18 @@ pub async fn run_outgoing(daemon: Arc<Daemon>, node: u32, mut ops: UnboundedRece
                     }
                     daemon.fail_pending_on(node);
                     backoff_ms = 20;
-                    continue;
-                }
-                // A peer that refuses us (another key, cluster or epoch) or does not run
-                // cannot hold locks mastered here: our recovery need not wait for it.
-                if matches!(reason, LinkError::Refused(_) | LinkError::NotRunning(_)) {
-                    daemon.peer_recovered(node, false);
-                }
-                if matches!(reason, LinkError::Refused(_)) && told.as_ref() != Some(&reason) {
-                    tracing::warn!(node, %address, %reason, "outgoing peer link refused; retrying");
-                    told = Some(reason);
                 } else {
-                    tracing::debug!(node, %reason, "peer not reachable yet");
+                    // A peer that refuses us (another key, cluster or epoch) or does not run
+                    // cannot hold locks mastered here: our recovery need not wait for it.
+                    if matches!(reason, LinkError::Refused(_) | LinkError::NotRunning(_)) {
+                        daemon.peer_recovered(node, false);
+                    }
+                    if matches!(reason, LinkError::Refused(_)) && told.as_ref() != Some(&reason) {
+                        tracing::warn!(node, %address, %reason, "outgoing peer link refused; retrying");
+                        told = Some(reason);
+                    } else {
+                        tracing::debug!(node, %reason, "peer not reachable yet");
+                    }
                 }
             }
         }
