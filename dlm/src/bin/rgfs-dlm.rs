@@ -323,6 +323,12 @@ fn mode_name(value: i32) -> String {
 fn print_status(s: &pb::StatusReply) -> Result<(), Failure> {
     say!("cluster {} node {} epoch {}", s.cluster_name, s.node_id, s.epoch);
     say!("refused_connections {}", s.refused_connections);
+    if s.recovering {
+        let nodes: Vec<String> = s.awaiting_rebuild.iter().map(u32::to_string).collect();
+        say!("incarnation {:016x} recovering: waiting for the locks of nodes [{}]", s.incarnation, nodes.join(", "));
+    } else {
+        say!("incarnation {:016x} recovery done", s.incarnation);
+    }
     for p in &s.peers {
         let up = |b: bool| if b { "up" } else { "down" };
         say!("peer node {} {} {} outgoing {} incoming {}", p.node_id, p.name, p.address, up(p.outgoing_connected), up(p.incoming_connected));

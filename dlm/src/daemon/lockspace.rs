@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::engine::{Engine, Limits, LockId, Mode, Output, ResourceName};
+use crate::engine::{Engine, Limits, LockId, Lvb, LvbRead, Mode, Output, ResourceName, SbFlags};
 use crate::proto::{self as pb, completion_event, blocking_event, set_event_lock_id};
 
 /// Per-lockspace counters shown by `rgfs-dlm status`.
@@ -81,6 +81,33 @@ pub struct Holder {
     pub granted: Option<Mode>,
     /// The request/convert/unlock in flight.
     pub pending: Option<pb::OpKind>,
+    /// The resource's LVB as this lock last read or wrote it, kept only while the lock
+    /// stays above CR (nobody can write it meanwhile): what a rebuild vouches for.
+    pub lvb: Option<LvbRead>,
+    /// What the conversion in flight writes to the LVB when granted: a value, or `None`
+    /// inside for IVVALBLK (invalidates).
+    pub writing: Option<Option<Lvb>>,
+}
+
+impl Holder {
+    /// Updates the LVB copy after a completion of `status` that left the lock in `mode`,
+    /// carrying `read` if the master returned the LVB.
+    fn track_lvb(&mut self, status: Option<pb::Status>, mode: Option<Mode>, read: Option<LvbRead>) {
+        let writing = self.writing.take();
+        let above_cr = |m: Option<Mode>| m.is_some_and(|m| m > Mode::CR);
+        self.lvb = match (read, writing) {
+            (Some(read), _) => Some(read),
+            (None, Some(write)) if status == Some(pb::Status::Granted) => self.lvb.map(|old| match write {
+                Some(value) => LvbRead { value, seq: old.seq.wrapping_add(1), valid: true },
+                None => LvbRead { valid: false, ..old },
+            }),
+            _ if above_cr(self.granted) => self.lvb,
+            _ => None,
+        };
+        if !above_cr(mode) {
+            self.lvb = None;
+        }
+    }
 }
 
 /// A client session as the lockspace sees it.
@@ -125,7 +152,14 @@ impl LsState {
             Some(pb::event::Kind::Completion(c)) => {
                 holder.pending = None;
                 gone = c.lock_gone;
-                holder.granted = if gone { None } else { crate::proto::mode_from_wire(c.granted_mode) };
+                let mode = if gone { None } else { crate::proto::mode_from_wire(c.granted_mode) };
+                let read = c.has_lvb.then(|| LvbRead {
+                    value: Lvb::from_slice(&c.lvb).unwrap_or_default(),
+                    seq: c.lvb_seq,
+                    valid: c.sb_flags & SbFlags::VALNOTVALID.0 == 0,
+                });
+                holder.track_lvb(pb::Status::try_from(c.status).ok(), mode, read);
+                holder.granted = mode;
                 match pb::Status::try_from(c.status) {
                     Ok(pb::Status::Granted) => self.counters.grants += 1,
                     Ok(pb::Status::TryAgain) => self.counters.try_again += 1,
@@ -138,6 +172,7 @@ impl LsState {
                 self.counters.op_failures += 1;
                 if f.op != pb::OpKind::OpCancel as i32 {
                     holder.pending = None;
+                    holder.writing = None;
                     gone = f.op == pb::OpKind::OpRequest as i32;
                 }
             }

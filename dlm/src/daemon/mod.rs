@@ -9,6 +9,11 @@
 //! Invariants:
 //! - Every peer message carries the membership epoch; a different epoch is refused.
 //! - A lockspace's mutex is held only for engine steps and routing, never across await.
+//! - A daemon starts as a new incarnation that may master resources some peers' clients
+//!   still hold (it restarted): until every peer has re-sent its locks mastered here
+//!   (`Rebuild`) or is known not to run, operations on resources mastered here are
+//!   deferred, then applied in arrival order (docs/dlm.md, "Restarted daemons").
+//! - Lock order: a lockspace's mutex before `recovery`.
 
 mod framed;
 mod lockspace;
@@ -19,7 +24,7 @@ mod service;
 mod session;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -28,7 +33,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::cluster::auth::ClusterKey;
 use crate::cluster::config::Config;
 use crate::cluster::mastering::{Member, Membership};
-use crate::engine::{Input, Limits, LockId, Lvb, Mode, Flags, ResourceName};
+use crate::engine::{lvb_action, Flags, Input, Limits, LockId, Lvb, LvbAction, LvbRead, Mode, ResourceName};
 use crate::proto::{self as pb, codes, failed_event, op_error_code, WireError};
 
 pub use lockspace::{Counters, Holder, LsState};
@@ -118,6 +123,26 @@ impl HolderOp {
     }
 }
 
+/// An operation on a resource mastered here, held back while this daemon recovers.
+#[derive(Debug)]
+enum Deferred {
+    /// A local client's operation, resolved to its engine input.
+    Local { lockspace: String, local: u64, kind: pb::OpKind, input: Input },
+    /// An operation forwarded by holder node `from`.
+    Peer { from: u32, op: pb::PeerOp },
+}
+
+/// What this incarnation waits for before it masters anything.
+#[derive(Debug, Default)]
+struct Recovery {
+    /// Peers that have not yet sent their rebuild nor been found not running.
+    awaiting: std::collections::BTreeSet<u32>,
+    /// Operations held back meanwhile, in arrival order.
+    deferred: Vec<Deferred>,
+    /// One caller at a time applies the deferred operations (keeps their order).
+    replaying: bool,
+}
+
 /// The receiving end of the operations for one remote master, with its node id.
 pub type MasterQueue = (u32, tokio::sync::mpsc::UnboundedReceiver<pb::PeerOp>);
 
@@ -142,6 +167,11 @@ pub struct Daemon {
     next_session: AtomicU64,
     sessions: AtomicUsize,
     refused: AtomicU64,
+    /// This start of the daemon: random, told to peers in the welcome.
+    pub incarnation: u64,
+    /// True until recovery is over (read without a lock on every local-master operation).
+    recovering: AtomicBool,
+    recovery: Mutex<Recovery>,
 }
 
 impl Daemon {
@@ -163,7 +193,11 @@ impl Daemon {
             to_master.insert(node.id, tx);
             receivers.push((node.id, rx));
         }
+        let awaiting: std::collections::BTreeSet<u32> = to_master.keys().copied().collect();
         let daemon = Daemon {
+            incarnation: rand::random::<u64>() | 1,
+            recovering: AtomicBool::new(!awaiting.is_empty()),
+            recovery: Mutex::new(Recovery { awaiting, ..Recovery::default() }),
             node_id,
             config,
             key,
@@ -238,15 +272,20 @@ impl Daemon {
     pub fn submit(&self, ls: &Lockspace, state: &mut LsState, local: u64, op: HolderOp) {
         let Some(holder) = state.holders.get(&local).copied() else { return };
         let lock = LockId { node: self.node_id, lock: local };
-        if holder.master == self.node_id {
-            let mut outputs = Vec::new();
-            match state.engine.apply(op.input(lock, holder.name), &mut outputs) {
-                Ok(()) => self.route(ls, state, &mut outputs),
-                Err(error) => {
-                    let wire = WireError::new(op_error_code(&error), error.to_string());
-                    state.deliver_local(local, failed_event(op.kind(), &wire));
-                }
+        if let HolderOp::Convert { mode, flags, lvb } = op {
+            // Remember what this conversion writes, so the holder's LVB copy stays current.
+            if flags.intersects(Flags::VALBLK | Flags::IVVALBLK) && lvb_action(holder.granted, Some(mode)) == LvbAction::Write {
+                let write = if flags.contains(Flags::IVVALBLK) { None } else { lvb };
+                state.holders.get_mut(&local).expect("just read").writing = Some(write);
             }
+        }
+        if holder.master == self.node_id {
+            let (kind, input) = (op.kind(), op.input(lock, holder.name));
+            if self.recovering.load(Ordering::Acquire) {
+                let deferred = Deferred::Local { lockspace: ls.name.clone(), local, kind, input };
+                let Some(Deferred::Local { .. }) = self.defer(deferred) else { return };
+            }
+            self.apply_local(ls, state, local, kind, input);
             return;
         }
         if op.kind() != pb::OpKind::OpPurge {
@@ -274,6 +313,86 @@ impl Daemon {
         }
     }
 
+    fn apply_local(&self, ls: &Lockspace, state: &mut LsState, local: u64, kind: pb::OpKind, input: Input) {
+        let mut outputs = Vec::new();
+        match state.engine.apply(input, &mut outputs) {
+            Ok(()) => self.route(ls, state, &mut outputs),
+            Err(error) if kind != pb::OpKind::OpPurge => {
+                let wire = WireError::new(op_error_code(&error), error.to_string());
+                state.deliver_local(local, failed_event(kind, &wire));
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Holds `op` back if recovery is still going on; gives it back otherwise.
+    fn defer(&self, op: Deferred) -> Option<Deferred> {
+        let mut recovery = self.recovery.lock();
+        if !self.recovering.load(Ordering::Acquire) {
+            return Some(op);
+        }
+        recovery.deferred.push(op);
+        None
+    }
+
+    /// Whether recovery is going on, and the peers it waits for.
+    pub fn recovery_state(&self) -> (bool, Vec<u32>) {
+        let recovery = self.recovery.lock();
+        (self.recovering.load(Ordering::Acquire), recovery.awaiting.iter().copied().collect())
+    }
+
+    /// Whether this daemon still waits for peer `node`'s rebuild.
+    pub fn awaits_rebuild_from(&self, node: u32) -> bool {
+        self.recovering.load(Ordering::Acquire) && self.recovery.lock().awaiting.contains(&node)
+    }
+
+    /// Peer `node` has re-sent its locks mastered here (`rebuilt`), or was found not
+    /// running (its clients' locks died with it): recovery no longer waits for it.
+    pub fn peer_recovered(&self, node: u32, rebuilt: bool) {
+        if !self.recovery.lock().awaiting.remove(&node) {
+            return;
+        }
+        if rebuilt {
+            tracing::info!(node, "recovery: node re-sent its locks mastered here");
+        } else {
+            tracing::info!(node, "recovery: node is not running; none of its locks are mastered here");
+        }
+        self.finish_recovery();
+    }
+
+    /// Applies the deferred operations in order once nothing is awaited, then ends recovery.
+    fn finish_recovery(&self) {
+        let mut replayer = false;
+        loop {
+            let batch = {
+                let mut recovery = self.recovery.lock();
+                if !recovery.awaiting.is_empty() || (recovery.replaying && !replayer) {
+                    return;
+                }
+                replayer = true;
+                if recovery.deferred.is_empty() {
+                    recovery.replaying = false;
+                    if self.recovering.swap(false, Ordering::AcqRel) {
+                        tracing::info!(incarnation = self.incarnation, "recovery done: mastering resources");
+                    }
+                    return;
+                }
+                recovery.replaying = true;
+                std::mem::take(&mut recovery.deferred)
+            };
+            for op in batch {
+                match op {
+                    Deferred::Peer { from, op } => self.apply_peer_op_now(from, op),
+                    Deferred::Local { lockspace, local, kind, input } => {
+                        let Some(ls) = self.existing_lockspace(&lockspace) else { continue };
+                        let mut state = ls.state.lock();
+                        self.apply_local(&ls, &mut state, local, kind, input);
+                    }
+                }
+            }
+        }
+    }
+
     /// Routes engine outputs of `ls`: local locks to sessions, remote to their nodes.
     pub fn route(&self, ls: &Lockspace, state: &mut LsState, outputs: &mut Vec<crate::engine::Output>) {
         state.route(self.node_id, ls.lvb_len, outputs, |lock, event| self.send_to_holder(&ls.name, lock, event));
@@ -289,8 +408,16 @@ impl Daemon {
         }
     }
 
-    /// Applies an operation forwarded by the holder node `from`.
+    /// Applies an operation forwarded by the holder node `from` (deferred during recovery).
     pub fn apply_peer_op(&self, from: u32, op: pb::PeerOp) {
+        if self.recovering.load(Ordering::Acquire) {
+            let Some(Deferred::Peer { from, op }) = self.defer(Deferred::Peer { from, op }) else { return };
+            return self.apply_peer_op_now(from, op);
+        }
+        self.apply_peer_op_now(from, op)
+    }
+
+    fn apply_peer_op_now(&self, from: u32, op: pb::PeerOp) {
         let fail = |kind: pb::OpKind, error: WireError| {
             self.send_to_holder(&op.lockspace, LockId { node: from, lock: op.lock_id }, failed_event(kind, &error));
         };
@@ -318,6 +445,53 @@ impl Daemon {
             }
             Err(_) => {}
         }
+    }
+
+    /// Installs the locks holder node `from` re-sent for resources mastered here, if this
+    /// incarnation still waits for them (otherwise it already has them: the link flapped).
+    pub fn apply_rebuild(&self, from: u32, rebuild: pb::Rebuild) {
+        if !self.awaits_rebuild_from(from) {
+            if !rebuild.locks.is_empty() {
+                tracing::warn!(node = from, locks = rebuild.locks.len(), "rebuild from a node not awaited; ignored");
+            }
+            return;
+        }
+        for lock in rebuild.locks {
+            let installed = self.lockspace(&lock.lockspace, lock.lvb_len).and_then(|ls| {
+                let name = crate::proto::check_name(&lock.name).map_err(|e| e.detail)?;
+                let mode = crate::proto::check_mode(lock.mode).map_err(|e| e.detail)?;
+                let value = crate::proto::check_lvb(&lock.lvb, ls.lvb_len).map_err(|e| e.detail)?;
+                let lvb = value.filter(|_| lock.has_lvb).map(|value| LvbRead { value, seq: lock.lvb_seq, valid: lock.lvb_valid });
+                let input = Input::Rebuild { lock: LockId { node: from, lock: lock.lock_id }, name, mode, lvb };
+                ls.state.lock().engine.apply(input, &mut Vec::new()).map_err(|e| e.to_string())
+            });
+            if let Err(error) = installed {
+                tracing::warn!(node = from, lockspace = %lock.lockspace, lock = lock.lock_id, %error, "rebuilt lock refused");
+            }
+        }
+        if rebuild.last {
+            self.peer_recovered(from, true);
+        }
+    }
+
+    /// Our clients' granted locks on resources `master` masters, for its rebuild.
+    pub fn rebuild_for(&self, master: u32) -> Vec<pb::RebuildLock> {
+        let mut locks = Vec::new();
+        for ls in self.all_lockspaces() {
+            let state = ls.state.lock();
+            for (local, holder) in state.holders.iter().filter(|(_, h)| h.master == master) {
+                let Some(mode) = holder.granted else { continue };
+                let (lockspace, lvb_len, name) = (ls.name.clone(), ls.lvb_len, holder.name.as_bytes().to_vec());
+                let lvb = holder.lvb.filter(|_| mode > Mode::CR);
+                let mut copy = pb::RebuildLock { lockspace, lvb_len, lock_id: *local, name, mode: mode as i32, ..Default::default() };
+                if let Some(read) = lvb {
+                    (copy.has_lvb, copy.lvb_seq, copy.lvb_valid) = (true, read.seq, read.valid);
+                    copy.lvb = read.value.0[..lvb_len as usize].to_vec();
+                }
+                locks.push(copy);
+            }
+        }
+        locks
     }
 
     /// Delivers an event from a remote master to the local lock.

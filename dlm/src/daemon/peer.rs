@@ -7,6 +7,8 @@
 //!   node id and epoch, and a stream of an unknown node or another epoch is refused.
 //! - Every batch carries the sender's epoch; a batch of another epoch ends the link.
 //! - Operations to one master, and events to one holder, keep their order.
+//! - The first messages a holder sends on a new link are its `Rebuild` chunks: its
+//!   granted locks mastered there, ending with `last` (docs/dlm.md, "Restarted daemons").
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -29,11 +31,29 @@ const CONNECT_TIMEOUT_MS: u64 = 2000;
 /// Longest wait for a peer's challenge and welcome once connected.
 const HANDSHAKE_TIMEOUT_MS: u64 = 5000;
 
+/// Locks per `Rebuild` message (about 100 bytes each, far below the message bound).
+const REBUILD_CHUNK: usize = 10_000;
+
+/// Whether connecting failed because nothing listens at the address.
+fn connection_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// Why a link attempt ended.
 #[derive(Debug, PartialEq, Eq)]
 enum LinkError {
     /// Connecting or the connection failed: the peer may be starting or gone.
     Unreachable(String),
+    /// Nothing listens at the peer's address: its daemon is not running, so none of
+    /// its clients hold locks (recovery need not wait for it).
+    NotRunning(String),
     /// The peer answered, but refused us or is not what the configuration says
     /// (another key, cluster, epoch): a configuration problem, retrying will not help.
     Refused(String),
@@ -42,7 +62,7 @@ enum LinkError {
 impl std::fmt::Display for LinkError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LinkError::Unreachable(why) | LinkError::Refused(why) => f.write_str(why),
+            LinkError::Unreachable(why) | LinkError::NotRunning(why) | LinkError::Refused(why) => f.write_str(why),
         }
     }
 }
@@ -59,6 +79,7 @@ fn kind_name(kind: &pb::peer_message::Kind) -> &'static str {
         pb::peer_message::Kind::Welcome(_) => "welcome",
         pb::peer_message::Kind::Refused(_) => "refusal",
         pb::peer_message::Kind::Batch(_) => "batch",
+        pb::peer_message::Kind::Rebuild(_) => "rebuild",
     }
 }
 
@@ -127,7 +148,8 @@ impl PeerInbound {
                 tracing::info!(node = hello.node_id, peer = %self.peer, "incoming peer link up");
                 self.node = Some((hello.node_id, rx, tx));
                 let proof = daemon.key.prove(Role::Server, cluster, &self.server_nonce, &hello.client_nonce);
-                let welcome = pb::Welcome { proof, node_id: daemon.node_id, epoch: daemon.membership.epoch, members: vec![], session_id: 0 };
+                let epoch = daemon.membership.epoch;
+                let welcome = pb::Welcome { proof, node_id: daemon.node_id, epoch, members: vec![], session_id: 0, incarnation: daemon.incarnation };
                 self.outbox.push_back(peer_message(pb::peer_message::Kind::Welcome(welcome)));
             }
             (None, _) => self.refuse("the first message must be a hello with the cluster key's proof".into()),
@@ -139,6 +161,13 @@ impl PeerInbound {
                 for op in batch.ops {
                     self.daemon.apply_peer_op(node, op);
                 }
+            }
+            (Some((node, _, _)), Some(pb::peer_message::Kind::Rebuild(rebuild))) => {
+                let node = *node;
+                if rebuild.epoch != self.daemon.membership.epoch {
+                    return self.refuse(format!("rebuild of epoch {} from node {node}", rebuild.epoch));
+                }
+                self.daemon.apply_rebuild(node, rebuild);
             }
             (Some((node, _, _)), _) => {
                 let node = *node;
@@ -232,9 +261,11 @@ pub async fn run_outgoing(daemon: Arc<Daemon>, node: u32, mut ops: UnboundedRece
     let mut carried: Vec<pb::PeerOp> = Vec::new();
     // The last failure logged as a warning: each problem is told once, not per retry.
     let mut told: Option<LinkError> = None;
+    // The master's incarnation on the last link, to tell a restart in the logs.
+    let mut seen: Option<u64> = None;
     loop {
         let mut connected = false;
-        match link_once(&daemon, node, address, &mut ops, &mut carried, &mut connected).await {
+        match link_once(&daemon, node, address, &mut ops, &mut carried, &mut connected, &mut seen).await {
             Ok(()) => return,
             Err(reason) => {
                 if connected {
@@ -253,11 +284,18 @@ pub async fn run_outgoing(daemon: Arc<Daemon>, node: u32, mut ops: UnboundedRece
                     }
                     daemon.fail_pending_on(node);
                     backoff_ms = 20;
-                } else if matches!(reason, LinkError::Refused(_)) && told.as_ref() != Some(&reason) {
-                    tracing::warn!(node, %address, %reason, "outgoing peer link refused; retrying");
-                    told = Some(reason);
                 } else {
-                    tracing::debug!(node, %reason, "peer not reachable yet");
+                    // A peer that refuses us (another key, cluster or epoch) or does not run
+                    // cannot hold locks mastered here: our recovery need not wait for it.
+                    if matches!(reason, LinkError::Refused(_) | LinkError::NotRunning(_)) {
+                        daemon.peer_recovered(node, false);
+                    }
+                    if matches!(reason, LinkError::Refused(_)) && told.as_ref() != Some(&reason) {
+                        tracing::warn!(node, %address, %reason, "outgoing peer link refused; retrying");
+                        told = Some(reason);
+                    } else {
+                        tracing::debug!(node, %reason, "peer not reachable yet");
+                    }
                 }
             }
         }
@@ -273,13 +311,20 @@ async fn link_once(
     ops: &mut UnboundedReceiver<pb::PeerOp>,
     carried: &mut Vec<pb::PeerOp>,
     connected: &mut bool,
+    seen: &mut Option<u64>,
 ) -> Result<(), LinkError> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| LinkError::Refused(e.to_string()))?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS));
-    let channel =
-        endpoint.connect().await.map_err(|e| LinkError::Unreachable(format!("connecting: {}", crate::error_line::error_chain(&e))))?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        let why = format!("connecting: {}", crate::error_line::error_chain(&e));
+        if connection_refused(&e) {
+            LinkError::NotRunning(why)
+        } else {
+            LinkError::Unreachable(why)
+        }
+    })?;
     let mut client = DlmClient::new(channel).max_decoding_message_size(crate::MESSAGE_MAX_BYTES);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let cluster = &daemon.config.cluster_name;
@@ -303,18 +348,37 @@ async fn link_once(
             ..Default::default()
         };
         tx.send(peer_message(pb::peer_message::Kind::Hello(hello))).map_err(|_| LinkError::Unreachable("stream closed".into()))?;
-        match inbound.message().await.map_err(unreachable)?.and_then(|m| m.kind) {
-            Some(pb::peer_message::Kind::Welcome(w)) if daemon.key.verify(Role::Server, cluster, &server_nonce, &client_nonce, &w.proof) => {}
+        let incarnation = match inbound.message().await.map_err(unreachable)?.and_then(|m| m.kind) {
+            Some(pb::peer_message::Kind::Welcome(w)) if daemon.key.verify(Role::Server, cluster, &server_nonce, &client_nonce, &w.proof) => {
+                w.incarnation
+            }
             Some(pb::peer_message::Kind::Refused(r)) => return Err(LinkError::Refused(format!("refused by node {node}: {}", r.reason))),
             None => return Err(LinkError::Unreachable("closed during the handshake".into())),
             Some(_) => return Err(LinkError::Refused(format!("node {node} did not prove the cluster key"))),
-        }
-        Ok(inbound)
+        };
+        Ok((inbound, incarnation))
     };
-    let mut inbound = tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), handshake)
+    let (mut inbound, incarnation) = tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), handshake)
         .await
         .map_err(|_| LinkError::Unreachable(format!("no handshake within {HANDSHAKE_TIMEOUT_MS} ms")))??;
     *connected = true;
+    if seen.is_some_and(|old| old != incarnation) {
+        tracing::warn!(node, "node restarted (new incarnation); re-sending our locks mastered there");
+    }
+    *seen = Some(incarnation);
+    // Sent on every new link, before any operation: a restarted master needs it, one
+    // that kept its state ignores it. No operation reaches this master meanwhile (they
+    // fail as unreachable while the link is down), so the copies are current.
+    let locks = daemon.rebuild_for(node);
+    let mut chunks = locks.chunks(REBUILD_CHUNK).peekable();
+    loop {
+        let locks = chunks.next().map(<[pb::RebuildLock]>::to_vec).unwrap_or_default();
+        let rebuild = pb::Rebuild { epoch, locks, last: chunks.peek().is_none() };
+        tx.send(peer_message(pb::peer_message::Kind::Rebuild(rebuild))).map_err(|_| LinkError::Unreachable("stream closed".into()))?;
+        if chunks.peek().is_none() {
+            break;
+        }
+    }
     daemon.set_link(node, |l| {
         l.outgoing = true;
         l.lost = false;

@@ -53,6 +53,7 @@ fn status(daemon: &Daemon) -> pb::StatusReply {
             }
         })
         .collect();
+    let (recovering, awaiting_rebuild) = daemon.recovery_state();
     pb::StatusReply {
         cluster_name: daemon.config.cluster_name.clone(),
         node_id: daemon.node_id,
@@ -60,6 +61,9 @@ fn status(daemon: &Daemon) -> pb::StatusReply {
         lockspaces,
         peers,
         refused_connections: daemon.refused.load(std::sync::atomic::Ordering::Relaxed),
+        incarnation: daemon.incarnation,
+        recovering,
+        awaiting_rebuild,
     }
 }
 

@@ -208,6 +208,7 @@ impl Session {
                 .map(|n| pb::Member { node_id: n.id, name: n.name.clone(), weight: n.weight })
                 .collect(),
             session_id,
+            incarnation: daemon.incarnation,
         };
         self.outbox.push_back(server_message(pb::server_message::Kind::Welcome(welcome)));
     }
@@ -243,6 +244,8 @@ fn handle_op(daemon: &Daemon, joined: &mut Joined, op: pb::Op) -> Result<(), OpF
                 master: daemon.membership.master_of(name.as_bytes()),
                 granted: None,
                 pending: Some(pb::OpKind::OpRequest),
+                lvb: None,
+                writing: None,
             };
             let mut state = ls.state.lock();
             state.counters.requests += 1;

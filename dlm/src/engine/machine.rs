@@ -65,6 +65,12 @@ pub enum Input {
     /// The holder is gone: remove the lock wherever it is, without callbacks to it.
     /// A purged PW/EX holder leaves the LVB invalid.
     Purge { lock: LockId },
+    /// Recovery on a restarted master: install `lock`, which its holder says is granted
+    /// in `mode`. Refused unless `mode` is compatible with every granted mode and nothing
+    /// is queued on the resource (a rebuild comes before any other input). No outputs.
+    /// `lvb` is the LVB as the holder knows it (it holds above CR, so nobody wrote it since):
+    /// the resource takes the newest one vouched for; with none it stays invalid.
+    Rebuild { lock: LockId, name: ResourceName, mode: Mode, lvb: Option<LvbRead> },
 }
 
 /// Outcome of an operation, reported by its completion.
@@ -277,6 +283,10 @@ impl Engine {
             Input::Unlock { lock, flags, lvb } => self.unlock(lock, flags, lvb, out)?,
             Input::Cancel { lock } => self.cancel(lock, out)?,
             Input::Purge { lock } => self.purge(lock, out)?,
+            Input::Rebuild { lock, name, mode, lvb } => {
+                self.rebuild(lock, name, mode, lvb)?;
+                return Ok(());
+            }
         };
         self.finish(&name, out);
         Ok(())
@@ -291,21 +301,7 @@ impl Engine {
             return Err(OpError::Invalid("EXPEDITE is only for new NL requests without NOQUEUE"));
         }
         check_common(flags)?;
-        if self.locks.contains_key(&id) {
-            return Err(OpError::DuplicateLock);
-        }
-        if self.locks.len() >= self.limits.max_locks {
-            return Err(OpError::Limit("locks in lockspace"));
-        }
-        match self.resources.get(&name) {
-            Some(res) if res.lock_count() >= self.limits.max_locks_per_resource => {
-                return Err(OpError::Limit("locks on resource"));
-            }
-            None if self.resources.len() >= self.limits.max_resources => {
-                return Err(OpError::Limit("resources in lockspace"));
-            }
-            _ => {}
-        }
+        self.check_room(id, &name)?;
 
         let Engine { resources, locks, .. } = self;
         let res = resources.entry(name).or_insert_with(Resource::new);
@@ -347,6 +343,49 @@ impl Engine {
         } else {
             res.waiting.push_back(id);
         }
+        Ok(())
+    }
+
+    fn check_room(&self, id: LockId, name: &ResourceName) -> Result<(), OpError> {
+        if self.locks.contains_key(&id) {
+            return Err(OpError::DuplicateLock);
+        }
+        if self.locks.len() >= self.limits.max_locks {
+            return Err(OpError::Limit("locks in lockspace"));
+        }
+        match self.resources.get(name) {
+            Some(res) if res.lock_count() >= self.limits.max_locks_per_resource => Err(OpError::Limit("locks on resource")),
+            None if self.resources.len() >= self.limits.max_resources => Err(OpError::Limit("resources in lockspace")),
+            _ => Ok(()),
+        }
+    }
+
+    fn rebuild(&mut self, id: LockId, name: ResourceName, mode: Mode, lvb: Option<LvbRead>) -> Result<(), OpError> {
+        self.check_room(id, &name)?;
+        if let Some(res) = self.resources.get(&name) {
+            if !res.converting.is_empty() || !res.waiting.is_empty() {
+                return Err(OpError::Invalid("a rebuilt lock must come before any queued request"));
+            }
+            if !compatible_with_granted(res, &self.locks, mode, id) {
+                return Err(OpError::Invalid("a rebuilt lock must be compatible with the granted locks"));
+            }
+        }
+        let res = self.resources.entry(name).or_insert_with(|| Resource { lvb_valid: false, ..Resource::new() });
+        if let Some(read) = lvb.filter(|read| !res.lvb_valid || read.seq > res.lvb_seq) {
+            (res.lvb, res.lvb_seq, res.lvb_valid) = (read.value, read.seq, read.valid);
+        }
+        res.granted.push(id);
+        let lock = Lock {
+            name,
+            granted: Some(mode),
+            requested: None,
+            flags: Flags::NONE,
+            queue: Queue::Granted,
+            lvb: None,
+            op_sb_flags: SbFlags::NONE,
+            bast_allowed: ModeSet::ALL,
+        };
+        self.locks.insert(id, lock);
         Ok(())
     }
 
@@ -819,4 +858,83 @@ fn notify_holder(id: LockId, lock: &mut Lock, mode: Mode, out: &mut Vec<Output>)
     }
     lock.bast_allowed = lock.bast_allowed.intersect(mode.compatible_set());
     out.push(Output::Blocking { lock: id, mode });
+}
+
+#[cfg(test)]
+mod rebuild_tests {
+    use super::*;
+
+    fn id(node: u32, lock: u64) -> LockId {
+        LockId { node, lock }
+    }
+
+    fn rebuild(engine: &mut Engine, lock: LockId, name: &[u8], mode: Mode) -> Result<Vec<Output>, OpError> {
+        let mut out = Vec::new();
+        engine.apply(Input::Rebuild { lock, name: ResourceName::new(name).unwrap(), mode, lvb: None }, &mut out)?;
+        engine.check_invariants().unwrap();
+        Ok(out)
+    }
+
+    fn apply(engine: &mut Engine, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        engine.apply(input, &mut out).unwrap();
+        engine.check_invariants().unwrap();
+        out
+    }
+
+    #[test]
+    fn a_rebuilt_lock_is_granted_and_blocks_others_until_unlocked() {
+        let mut engine = Engine::new(Limits::default());
+        let name = ResourceName::new(b"r1").unwrap();
+        assert_eq!(rebuild(&mut engine, id(1, 7), b"r1", Mode::EX), Ok(vec![]), "a rebuild sends nothing");
+        let view = engine.lock(id(1, 7)).unwrap();
+        assert_eq!((view.granted, view.queue), (Some(Mode::EX), Queue::Granted));
+        // The LVB of a rebuilt resource is invalid: no holder vouched for it.
+        assert!(!engine.resource(&name).unwrap().lvb.valid);
+        let out = apply(&mut engine, Input::Request { lock: id(3, 1), name, mode: Mode::EX, flags: Flags::NOQUEUE });
+        assert!(matches!(out[..], [Output::Completion(Completion { status: Status::TryAgain, .. })]), "{out:?}");
+        apply(&mut engine, Input::Request { lock: id(3, 2), name, mode: Mode::EX, flags: Flags::NONE });
+        let out = apply(&mut engine, Input::Unlock { lock: id(1, 7), flags: Flags::NONE, lvb: None });
+        let grants: Vec<_> = out.iter().filter_map(|o| match o { Output::Completion(c) => Some((c.lock, c.status)), _ => None }).collect();
+        assert_eq!(grants, vec![(id(1, 7), Status::Unlocked), (id(3, 2), Status::Granted)]);
+    }
+
+    #[test]
+    fn compatible_rebuilt_locks_share_a_resource_and_conflicts_are_refused() {
+        let mut engine = Engine::new(Limits::default());
+        rebuild(&mut engine, id(1, 1), b"r", Mode::PR).unwrap();
+        rebuild(&mut engine, id(3, 1), b"r", Mode::PR).unwrap();
+        assert!(matches!(rebuild(&mut engine, id(3, 2), b"r", Mode::EX), Err(OpError::Invalid(_))));
+        assert_eq!(rebuild(&mut engine, id(1, 1), b"other", Mode::NL), Err(OpError::DuplicateLock));
+        assert_eq!(engine.lock_count(), 2);
+        // Once something waits, a rebuild would jump the queue: refused.
+        let name = ResourceName::new(b"r").unwrap();
+        apply(&mut engine, Input::Request { lock: id(2, 1), name, mode: Mode::EX, flags: Flags::NONE });
+        assert!(matches!(rebuild(&mut engine, id(2, 2), b"r", Mode::NL), Err(OpError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_rebuilt_resource_takes_the_newest_lvb_vouched_for() {
+        let mut engine = Engine::new(Limits::default());
+        let name = ResourceName::new(b"r").unwrap();
+        let read = |byte: u8, seq: u32| Some(LvbRead { value: Lvb([byte; 32]), seq, valid: true });
+        let mut out = Vec::new();
+        engine.apply(Input::Rebuild { lock: id(1, 1), name, mode: Mode::PR, lvb: None }, &mut out).unwrap();
+        assert!(!engine.resource(&name).unwrap().lvb.valid);
+        engine.apply(Input::Rebuild { lock: id(2, 1), name, mode: Mode::PR, lvb: read(7, 4) }, &mut out).unwrap();
+        engine.apply(Input::Rebuild { lock: id(3, 1), name, mode: Mode::PR, lvb: read(6, 3) }, &mut out).unwrap();
+        assert_eq!(engine.resource(&name).unwrap().lvb, read(7, 4).unwrap());
+        engine.check_invariants().unwrap();
+        // A reader gets it as the holders knew it.
+        let out = apply(&mut engine, Input::Request { lock: id(3, 2), name, mode: Mode::CR, flags: Flags::VALBLK });
+        assert!(matches!(out[..], [Output::Completion(Completion { lvb: Some(l), .. })] if l == read(7, 4).unwrap()), "{out:?}");
+    }
+
+    #[test]
+    fn rebuilds_respect_the_limits() {
+        let mut engine = Engine::new(Limits { max_locks: 1, max_resources: 1, max_locks_per_resource: 1 });
+        rebuild(&mut engine, id(1, 1), b"a", Mode::NL).unwrap();
+        assert!(matches!(rebuild(&mut engine, id(1, 2), b"a", Mode::NL), Err(OpError::Limit(_))));
+        assert!(matches!(rebuild(&mut engine, id(1, 3), b"b", Mode::NL), Err(OpError::Limit(_))));
+    }
 }

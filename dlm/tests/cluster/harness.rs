@@ -124,25 +124,7 @@ impl Cluster {
         let mut cluster = Cluster { dir, config_path, config, transport, daemons: Vec::new() };
         let (ready_tx, ready_rx) = mpsc::channel();
         for node in 1..=3u32 {
-            let log = std::fs::File::create(cluster.dir.path().join(format!("n{node}.log"))).map_err(|e| e.to_string())?;
-            let mut child = Command::new(DAEMON)
-                .arg("--config")
-                .arg(&cluster.config_path)
-                .arg("--node-id")
-                .arg(node.to_string())
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::from(log))
-                .spawn()
-                .map_err(|e| e.to_string())?;
-            let stdout = child.stdout.take().expect("piped");
-            let tx = ready_tx.clone();
-            std::thread::spawn(move || {
-                let mut line = String::new();
-                let ok = BufReader::new(stdout).read_line(&mut line).is_ok() && line.starts_with("rgfs-dlmd ready");
-                let _ = tx.send((node, ok));
-            });
+            let child = cluster.spawn_daemon(node, ready_tx.clone())?;
             cluster.daemons.push(child);
         }
         for _ in 0..3 {
@@ -157,6 +139,46 @@ impl Cluster {
         }
         cluster.wait_for_links()?;
         Ok(cluster)
+    }
+
+    /// Starts the daemon of `node`, logging to `nN.log` (appended: a restart keeps the
+    /// first run's log), and reports on `ready` whether it printed its ready line.
+    fn spawn_daemon(&self, node: u32, ready: mpsc::Sender<(u32, bool)>) -> Result<Child, String> {
+        let log_path = self.dir.path().join(format!("n{node}.log"));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path).map_err(|e| e.to_string())?;
+        let mut child = Command::new(DAEMON)
+            .arg("--config")
+            .arg(&self.config_path)
+            .arg("--node-id")
+            .arg(node.to_string())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let stdout = child.stdout.take().expect("piped");
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let ok = BufReader::new(stdout).read_line(&mut line).is_ok() && line.starts_with("rgfs-dlmd ready");
+            let _ = ready.send((node, ok));
+        });
+        Ok(child)
+    }
+
+    /// Starts the daemon of `node` again after [`Cluster::kill_node`] and waits for its
+    /// ready line (not for its links).
+    pub fn restart_node(&mut self, node: u32) {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let child = self.spawn_daemon(node, ready_tx).expect("restart daemon");
+        self.daemons[node as usize - 1] = child;
+        let ready = ready_rx.recv_timeout(EVENT_TIMEOUT);
+        assert!(matches!(ready, Ok((_, true))), "node {node} did not restart: {}", self.log(node));
+    }
+
+    /// The daemon log of `node`.
+    pub fn log(&self, node: u32) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("n{node}.log"))).unwrap_or_default()
     }
 
     /// Waits until every daemon's links to the others are up: a daemon reports ready

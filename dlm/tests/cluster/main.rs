@@ -351,6 +351,77 @@ async fn a_dead_master_fails_its_operations_and_the_rest_keeps_working(transport
     }
 }
 
+/// Waits until `node` sees its outgoing link to `peer` in state `up`.
+async fn wait_for_link(cluster: &Cluster, node: u32, peer: u32, up: bool) {
+    let mut admin = cluster.admin(node).await;
+    within(&format!("node {node} to see its link to node {peer} {}", if up { "up" } else { "down" }), async {
+        while !admin.status().await.unwrap().peers.iter().any(|p| p.node_id == peer && p.outgoing_connected == up) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// Issue 15, first defect: a master daemon killed and restarted comes back as a new
+/// incarnation that grants nothing it masters until the holders re-sent their locks.
+/// A's EX lock survives the restart (still blocking, usable, unlockable), a NOQUEUE EX
+/// from node 3 is refused, and node 3's queued request is granted once A unlocks.
+async fn a_restarted_master_rebuilds_the_locks_its_peers_hold(transport: Transport) {
+    let mut cluster = Cluster::start(transport);
+    let (a, mut a_blocking) = cluster.join(1, "restart").await;
+    let name = (0..).map(|i| format!("r{i}").into_bytes()).find(|n| a.master_of(n) == 2).unwrap();
+    let (held, granted) = within("A's lock", a.lock(&name, Mode::EX, Flags::NONE)).await.unwrap();
+    assert_eq!(granted.status, Status::Granted);
+    // A second lock of A, kept at PR after writing the LVB: the rebuild carries the value.
+    let lvb_name = (0..).map(|i| format!("lvb{i}").into_bytes()).find(|n| a.master_of(n) == 2).unwrap();
+    let (with_lvb, _) = within("A's LVB lock", a.lock(&lvb_name, Mode::EX, Flags::VALBLK)).await.unwrap();
+    let value = [0x5a; 32];
+    let written = within("A's LVB write", a.convert(with_lvb, Mode::PR, Flags::VALBLK, Some(&value[..])).unwrap()).await.unwrap();
+    assert_eq!(written.status, Status::Granted);
+    cluster.kill_node(2);
+    wait_for_link(&cluster, 1, 2, false).await;
+    wait_for_link(&cluster, 3, 2, false).await;
+    cluster.restart_node(2);
+    wait_for_link(&cluster, 3, 2, true).await;
+
+    // The exact report: `rgfs-dlm --node-id 3 lock LS NAME EX --noqueue` must not grant.
+    let output = tokio::task::spawn_blocking({
+        let mut command = cluster.cli(3);
+        command.args(["lock", "restart", std::str::from_utf8(&name).unwrap(), "EX", "--noqueue"]);
+        move || command.output().unwrap()
+    });
+    let output = within("rgfs-dlm lock --noqueue on node 3", output).await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("granted"), "granted while A holds it: {stdout}\nnode 2: {}", cluster.log(2));
+    assert_eq!(output.status.code(), Some(3), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
+
+    // A's lock is still held where it is mastered: a waiter from node 3 makes node 2 call A back.
+    let (waiter, _) = cluster.join(3, "restart").await;
+    let (_, read) = within("a PR reader of the LVB", waiter.lock(&lvb_name, Mode::PR, Flags::VALBLK)).await.unwrap();
+    let lvb = read.lvb.clone().expect("VALBLK returns the LVB");
+    assert_eq!((lvb.bytes.as_slice(), lvb.seq, lvb.valid), (&value[..], 1, true), "{read:?}");
+    let pending = waiter.request(&name, Mode::EX, Flags::NONE).unwrap();
+    let blocking = within("the blocking callback to A", a_blocking.recv()).await.unwrap();
+    assert_eq!((blocking.lock, blocking.mode), (held, Mode::EX));
+    wait_for_link(&cluster, 1, 2, true).await;
+    let down = within("A's down-conversion", a.convert(held, Mode::PR, Flags::NONE, None).unwrap()).await.unwrap();
+    assert_eq!((down.status, down.mode), (Status::Granted, Some(Mode::PR)));
+    let unlocked = within("A's unlock", a.unlock(held, Flags::NONE, None).unwrap()).await.unwrap();
+    assert_eq!(unlocked.status, Status::Unlocked);
+    let completion = within("node 3's lock after A's unlock", pending).await.unwrap();
+    assert_eq!((completion.status, completion.mode), (Status::Granted, Some(Mode::EX)));
+    assert!(cluster.log(1).contains("node restarted (new incarnation)"), "{}", cluster.log(1));
+    let status = within("node 2's status", cluster.admin(2).await.status()).await.unwrap();
+    assert!(!status.recovering && status.awaiting_rebuild.is_empty(), "{status:?}");
+    let output = tokio::task::spawn_blocking({
+        let mut command = cluster.cli(2);
+        command.arg("status");
+        move || command.output().unwrap()
+    });
+    let text = String::from_utf8(within("rgfs-dlm status", output).await.unwrap().stdout).unwrap();
+    assert!(text.contains(" recovery done"), "{text}");
+}
+
 /// R2 Cancel through the library: a waiting request completes with `Cancelled`
 /// and its cancel reports `true`; cancelling a granted lock reports `false`. The
 /// counters of `rgfs-dlm status` show what happened.
@@ -408,6 +479,7 @@ over_both_transports!(
     client_with_the_wrong_key_is_refused,
     bad_input_is_answered_with_errors_and_the_daemon_keeps_serving,
     a_dead_master_fails_its_operations_and_the_rest_keeps_working,
+    a_restarted_master_rebuilds_the_locks_its_peers_hold,
     cancel_and_status_counters,
     a_silent_connection_is_refused_after_the_hello_timeout,
 );
