@@ -161,13 +161,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
     // Refused while the volume is mounted or claimed, -O or not; waits for
     // a server still writing back after an unmount. Held until mkfs exits.
     // An NBD export is claimed by its server (rgfs-nbd), not here.
-    let _claim = match path.to_str().is_some_and(rgfs_nbd::is_nbd_url) {
-        true => None,
-        false => Some(
-            claim::claim(path, claim::Kind::Exclusive, claim::PATIENCE, &mut |m| eprintln!("{NAME}: {m}"))
-                .map_err(|e| Failure::refused(e.to_string()))?,
-        ),
-    };
+    let _claim = rgfs_nbd::claim_device(path, claim::Kind::Exclusive, claim::PATIENCE, &mut |m| eprintln!("{NAME}: {m}"))
+        .map_err(|e| Failure::refused(e.to_string()))?;
     let prepared = prepare(dev.size(), &opts)?;
 
     let existing = probe::existing_content(&dev)?;

@@ -223,11 +223,7 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
 /// for a server still writing back after an unmount; refuses a mounted one.
 /// An NBD export is claimed by its server (rgfs-nbd), not here: `None`.
 fn claim_device(device: &std::path::Path) -> Result<Option<claim::Claim>, String> {
-    if device.to_str().is_some_and(rgfs_nbd::is_nbd_url) {
-        return Ok(None);
-    }
-    claim::claim(device, claim::Kind::Exclusive, claim::PATIENCE, &mut |m| eprintln!("mount.rgfs: {m}"))
-        .map(Some)
+    rgfs_nbd::claim_device(device, claim::Kind::Exclusive, claim::PATIENCE, &mut |m| eprintln!("mount.rgfs: {m}"))
         .map_err(|e| e.to_string())
 }
 

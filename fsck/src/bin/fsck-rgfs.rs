@@ -96,14 +96,15 @@ fn main() {
 /// the volume is mounted or claimed, after waiting for a server still
 /// writing back. A check only warns when the volume is mounted, and
 /// otherwise waits in the same way under a shared claim, so that it does
-/// not see a half-written volume. None: nothing to hold (a device that
-/// cannot be opened is reported when it is opened).
+/// not see a half-written volume. None: nothing to hold (an NBD export,
+/// claimed by its server; a device that cannot be opened is reported when
+/// it is opened).
 fn claim_for(device: &Path, mode: Mode) -> Option<Claim> {
     let name = device.display();
     let mut waiting = |m: &str| eprintln!("fsck.rgfs: {m}");
     if mode.writes() {
-        return match claim::claim(device, Kind::Exclusive, claim::PATIENCE, &mut waiting) {
-            Ok(c) => Some(c),
+        return match rgfs_nbd::claim_device(device, Kind::Exclusive, claim::PATIENCE, &mut waiting) {
+            Ok(c) => c,
             Err(ClaimError::Open { .. }) => None,
             Err(e) => {
                 let hint = if matches!(e, ClaimError::Mounted { .. }) { " (unmount it, or check with -n)" } else { "" };
@@ -116,8 +117,8 @@ fn claim_for(device: &Path, mode: Mode) -> Option<Claim> {
         eprintln!("fsck.rgfs: warning: {name} is mounted at {point}; the check may see it changing");
         return None;
     }
-    match claim::claim(device, Kind::Shared, claim::PATIENCE, &mut waiting) {
-        Ok(c) => Some(c),
+    match rgfs_nbd::claim_device(device, Kind::Shared, claim::PATIENCE, &mut waiting) {
+        Ok(c) => c,
         Err(ClaimError::Open { .. }) => None,
         Err(e) => {
             eprintln!("fsck.rgfs: warning: {e}; the check may see it changing");

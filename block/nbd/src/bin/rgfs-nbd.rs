@@ -4,7 +4,7 @@
 use std::net::TcpListener;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -92,11 +92,8 @@ fn serve(args: &[String]) -> Result<(), String> {
     let mut claims = Vec::new();
     for (name, path) in exports {
         let device: Arc<dyn BlockDevice> = rgfs_nbd::open_device(&path, access).map_err(|e| e.to_string())?.into();
-        if !rgfs_nbd::is_nbd_url(&path) {
-            let kind = if read_only { claim::Kind::Shared } else { claim::Kind::Exclusive };
-            let c = claim::claim(Path::new(&path), kind, claim::PATIENCE, &mut |m| log(m)).map_err(|e| e.to_string())?;
-            claims.push(c);
-        }
+        let kind = if read_only { claim::Kind::Shared } else { claim::Kind::Exclusive };
+        claims.push(rgfs_nbd::claim_device(&path, kind, claim::PATIENCE, &mut |m| log(m)).map_err(|e| e.to_string())?);
         log(&format!("export {name:?}: {path} ({} bytes{})", device.size(), if read_only { ", read-only" } else { "" }));
         opened.push(Export { name, device, read_only });
     }
