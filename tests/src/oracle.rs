@@ -13,14 +13,19 @@ pub fn have(prog: &str) -> bool {
 
 /// Set (to anything but `0`) by `.ci/run`: a missing oracle or FUSE fails
 /// the test instead of skipping it, so a CI machine that lacks one cannot
-/// pass by running nothing.
+/// pass by running nothing. `CI=true` (what CI runners set) does the same.
 pub const REQUIRE_ORACLES: &str = "RGFS_REQUIRE_ORACLES";
+
+/// Whether a missing oracle fails the test (in CI) rather than skipping it.
+pub fn oracles_required() -> bool {
+    std::env::var(REQUIRE_ORACLES).is_ok_and(|v| v != "0") || std::env::var("CI").is_ok_and(|v| v == "true")
+}
 
 /// Called by a test that cannot run because `what` is missing: skips it
 /// with a notice on a developer's machine, panics in CI.
 pub fn missing(what: &str) {
-    if std::env::var(REQUIRE_ORACLES).is_ok_and(|v| v != "0") {
-        panic!("{what} missing, and {REQUIRE_ORACLES} is set: install it (.ci/run does)");
+    if oracles_required() {
+        panic!("{what} missing, and this is CI ({REQUIRE_ORACLES} or CI=true): install it (.ci/run does)");
     }
     eprintln!("SKIPPED: {what} missing");
 }

@@ -31,6 +31,8 @@ use zerocopy::FromBytes;
 #[path = "../../../tests/src/oracle.rs"]
 #[allow(dead_code)]
 mod oracle;
+#[allow(unused_imports)] // not every test file needs it
+pub use oracle::missing;
 
 pub const IMAGE_BYTES: u64 = 160 << 20;
 
