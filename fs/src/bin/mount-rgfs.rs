@@ -87,7 +87,7 @@ fn parse_args(cli: &Cli) -> Result<Args, String> {
         // root: relative paths are made absolute first.
         let absolute = |p: &PathBuf| std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()));
         (device, mountpoint) = (absolute(&device)?, absolute(&mountpoint)?);
-        enter_mount_namespace(ns)?;
+        rgfs::cli::enter_mount_namespace(ns).map_err(|e| format!("-N {e}"))?;
     }
     let threads = std::env::var("RGFS_FUSE_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
     // The absolute path, symlinks resolved: mountinfo shows it as the
@@ -99,20 +99,6 @@ fn parse_args(cli: &Cli) -> Result<Args, String> {
         std::fs::canonicalize(&device).map_err(|e| format!("{}: {e}", device.display()))?
     };
     Ok(Args { device, mountpoint, opts, foreground: cli.foreground, threads })
-}
-
-/// `-N NS` (mount(8) passes it on): joins the mount namespace of process
-/// NS, or the one the file NS names. Must run while the process has one
-/// thread (setns refuses a mount namespace change otherwise).
-fn enter_mount_namespace(ns: &str) -> Result<(), String> {
-    use std::os::fd::AsRawFd;
-    let path = if !ns.is_empty() && ns.bytes().all(|b| b.is_ascii_digit()) { format!("/proc/{ns}/ns/mnt") } else { ns.into() };
-    let file = std::fs::File::open(&path).map_err(|e| format!("-N {ns}: {path}: {e}"))?;
-    // SAFETY: a valid open fd; setns has no memory effects.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
-        return Err(format!("-N {ns}: cannot enter the mount namespace: {}", std::io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 /// Mounts and serves; calls `ready` once the mount is live (or failed).

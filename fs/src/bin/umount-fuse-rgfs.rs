@@ -62,16 +62,6 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<Args>, String
     Ok(Some(a))
 }
 
-/// Enters the mount namespace umount(8) was told to act in (`-N`).
-fn enter_namespace(ns: &str) -> Result<(), String> {
-    let f = std::fs::File::open(ns).map_err(|e| format!("{ns}: {e}"))?;
-    // SAFETY: a valid descriptor; setns has no other preconditions.
-    if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNS) } != 0 {
-        return Err(format!("{ns}: {}", std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
 /// umount2(2) as root; `fusermount3 -u` (set-user-ID) otherwise.
 fn unmount(a: &Args) -> Result<(), String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -122,7 +112,7 @@ fn wait_released(device: &Path, pids: &[u32]) -> Result<(), String> {
 
 fn run(a: &Args) -> Result<(), String> {
     if let Some(ns) = &a.namespace {
-        enter_namespace(ns)?;
+        rgfs::cli::enter_mount_namespace(ns)?;
     }
     let mount = claim::mount_at(&a.target).ok_or_else(|| format!("{}: not mounted", a.target.display()))?;
     if mount.fstype != "fuse.rgfs" {

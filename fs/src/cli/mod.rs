@@ -19,6 +19,21 @@ pub fn parse_or_exit<T: clap::Parser>(tool: &str, usage_exit: i32, hint: &str) -
     })
 }
 
+/// mount(8)'s and umount(8)'s `-N NS`, which they pass on to helpers: joins
+/// the mount namespace of process NS, or the one the file NS names. Must
+/// run while the process has one thread (setns refuses a mount namespace
+/// change otherwise). The error starts with NS.
+pub fn enter_mount_namespace(ns: &str) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let path = if !ns.is_empty() && ns.bytes().all(|b| b.is_ascii_digit()) { format!("/proc/{ns}/ns/mnt") } else { ns.into() };
+    let file = std::fs::File::open(&path).map_err(|e| format!("{ns}: {path}: {e}"))?;
+    // SAFETY: a valid open fd; setns has no memory effects.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+        return Err(format!("{ns}: cannot enter the mount namespace: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// A clap usage error as one line, for `TOOL: LINE`: clap's message
 /// without its "error: " prefix and usage footer, and with the list that
 /// follows "the following required arguments were not provided:" (the
